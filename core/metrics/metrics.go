@@ -1,115 +1,168 @@
 // Package metrics is the node's metrics registry and its Prometheus text
 // endpoint.
 //
-// It wraps github.com/VictoriaMetrics/metrics rather than the Prometheus
-// client: counters are single atomics with no label-map lookup once created,
-// which matters on per-connection and per-packet paths, the package is small,
-// and it writes the Prometheus text format directly. Each host has its own
-// registry (no global state), so tests and devnets can run several hosts in
-// one process; each service gets a scope that prefixes its metric names with
-// pc2_<service>_.
+// It wraps github.com/prometheus/client_golang, the reference
+// implementation, behind a small get-or-create API: services ask for a
+// metric by name and labels and keep the result, so hot paths touch only a
+// single atomic. (VictoriaMetrics/metrics was tried first: lighter, but it
+// logs to stderr from a package initializer on hosts without cgroup PSI,
+// so every pc2 command, even `pc2 id new`, printed a stray line inside
+// containers.) Each host has its own registry, no global state, so tests
+// and devnets can run several hosts in one process; each service gets a
+// scope that prefixes its names with pc2_<service>_.
 package metrics
 
 import (
-	"fmt"
+	"bytes"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
+	"sync"
 
-	vm "github.com/VictoriaMetrics/metrics"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/prometheus/common/expfmt"
 )
 
 // Counter, Gauge and Histogram are the metric types services use.
 type (
-	Counter   = vm.Counter
-	Gauge     = vm.Gauge
-	Histogram = vm.Histogram
+	Counter   = prometheus.Counter
+	Gauge     = prometheus.GaugeFunc
+	Histogram = prometheus.Histogram
 )
 
 // Registry holds metrics. The zero value is not usable; use New.
 type Registry struct {
-	set    *vm.Set
+	shared *shared
 	prefix string
 }
 
-// New returns an empty registry whose names start with "pc2_".
-func New() *Registry { return &Registry{set: vm.NewSet(), prefix: "pc2_"} }
+type shared struct {
+	reg     *prometheus.Registry
+	mu      sync.Mutex
+	metrics map[string]prometheus.Collector // by full name and labels
+}
+
+// New returns an empty registry whose names start with "pc2_", holding
+// the process and Go runtime collectors.
+func New() *Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), collectors.NewGoCollector())
+	return &Registry{shared: &shared{reg: reg, metrics: map[string]prometheus.Collector{}}, prefix: "pc2_"}
+}
 
 // Scope returns a view of r whose metric names are prefixed with name_.
 func (r *Registry) Scope(name string) *Registry {
-	return &Registry{set: r.set, prefix: r.prefix + sanitize(name) + "_"}
+	return &Registry{shared: r.shared, prefix: r.prefix + sanitize(name) + "_"}
 }
 
 // Counter returns the counter name{labels}, creating it on first use.
-// labels are key, value pairs. Callers keep the result on hot paths: the
-// lookup builds a string.
-func (r *Registry) Counter(name string, labels ...string) *Counter {
-	return r.set.GetOrCreateCounter(r.fullName(name, labels))
+// labels are key, value pairs. Callers keep the result on hot paths.
+func (r *Registry) Counter(name string, labels ...string) Counter {
+	return getOrCreate(r, name, labels, func(o prometheus.Opts) Counter {
+		return prometheus.NewCounter(prometheus.CounterOpts(o))
+	})
 }
 
 // Gauge registers a gauge whose value f reports at scrape time. Registering
-// the same name twice returns the first gauge.
-func (r *Registry) Gauge(name string, f func() float64, labels ...string) *Gauge {
-	return r.set.GetOrCreateGauge(r.fullName(name, labels), f)
+// the same name and labels twice returns the first gauge.
+func (r *Registry) Gauge(name string, f func() float64, labels ...string) Gauge {
+	return getOrCreate(r, name, labels, func(o prometheus.Opts) Gauge {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts(o), f)
+	})
 }
 
-// Histogram returns the histogram name{labels}.
-func (r *Registry) Histogram(name string, labels ...string) *Histogram {
-	return r.set.GetOrCreateHistogram(r.fullName(name, labels))
+// Histogram returns the histogram name{labels} with latency buckets from
+// 100 µs to about 26 s.
+func (r *Registry) Histogram(name string, labels ...string) Histogram {
+	return getOrCreate(r, name, labels, func(o prometheus.Opts) Histogram {
+		return prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: o.Namespace, Name: o.Name, Help: o.Help, ConstLabels: o.ConstLabels,
+			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10),
+		})
+	})
 }
 
 // Unregister removes name{labels}; it reports whether it existed.
 func (r *Registry) Unregister(name string, labels ...string) bool {
-	return r.set.UnregisterMetric(r.fullName(name, labels))
-}
-
-// WritePrometheus writes every metric in the Prometheus text format,
-// followed by the process and Go runtime metrics.
-func (r *Registry) WritePrometheus(w io.Writer) {
-	r.set.WritePrometheus(w)
-	vm.WriteProcessMetrics(w)
-}
-
-// Handler serves WritePrometheus over HTTP.
-func (r *Registry) Handler() http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-		r.WritePrometheus(w)
-	})
-}
-
-func (r *Registry) fullName(name string, labels []string) string {
-	if len(labels) == 0 {
-		return r.prefix + name
+	key, _, _ := r.key(name, labels)
+	s := r.shared
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, ok := s.metrics[key]
+	if !ok {
+		return false
 	}
+	delete(s.metrics, key)
+	return s.reg.Unregister(c)
+}
+
+func getOrCreate[T prometheus.Collector](r *Registry, name string, labels []string, create func(prometheus.Opts) T) T {
+	key, full, constLabels := r.key(name, labels)
+	s := r.shared
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c, ok := s.metrics[key]; ok {
+		if t, ok := c.(T); ok {
+			return t
+		}
+	}
+	m := create(prometheus.Opts{Name: full, Help: full, ConstLabels: constLabels})
+	// Registration fails only for a programming error (the same name with
+	// another type or label set); the metric then still counts, unexported,
+	// rather than crash a running node.
+	_ = s.reg.Register(m)
+	s.metrics[key] = m
+	return m
+}
+
+func (r *Registry) key(name string, labels []string) (key, full string, constLabels prometheus.Labels) {
+	full = r.prefix + sanitize(name)
 	if len(labels)%2 != 0 {
-		// A programming error, not input: make it visible in the output
-		// rather than crash a running node.
 		labels = append(labels, "")
 	}
 	var b strings.Builder
-	b.WriteString(r.prefix)
-	b.WriteString(name)
-	b.WriteByte('{')
-	for i := 0; i < len(labels); i += 2 {
-		if i > 0 {
-			b.WriteByte(',')
+	b.WriteString(full)
+	if len(labels) > 0 {
+		constLabels = prometheus.Labels{}
+		keys := make([]string, 0, len(labels)/2)
+		for i := 0; i < len(labels); i += 2 {
+			k := sanitize(labels[i])
+			constLabels[k] = labels[i+1]
+			keys = append(keys, k)
 		}
-		fmt.Fprintf(&b, "%s=%q", sanitize(labels[i]), escapeLabel(labels[i+1]))
+		slices.Sort(keys)
+		for _, k := range keys {
+			b.WriteByte(0)
+			b.WriteString(k)
+			b.WriteByte(0)
+			b.WriteString(constLabels[k])
+		}
 	}
-	b.WriteByte('}')
-	return b.String()
+	return b.String(), full, constLabels
 }
 
-// escapeLabel keeps label values printable; %q then adds Prometheus-style
-// quoting of backslash, quote and newline.
-func escapeLabel(v string) string {
-	return strings.Map(func(r rune) rune {
-		if r < 0x20 && r != '\n' {
-			return '_'
+// WritePrometheus writes every metric in the Prometheus text format.
+func (r *Registry) WritePrometheus(w io.Writer) error {
+	mfs, err := r.shared.reg.Gather()
+	if err != nil {
+		return err
+	}
+	var buf bytes.Buffer
+	for _, mf := range mfs {
+		if _, err := expfmt.MetricFamilyToText(&buf, mf); err != nil {
+			return err
 		}
-		return r
-	}, v)
+	}
+	_, err = w.Write(buf.Bytes())
+	return err
+}
+
+// Handler serves the metrics over HTTP.
+func (r *Registry) Handler() http.Handler {
+	return promhttp.HandlerFor(r.shared.reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})
 }
 
 // sanitize maps a name to [a-zA-Z0-9_].

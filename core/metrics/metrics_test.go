@@ -28,8 +28,14 @@ func TestScopedNamesAndLabels(t *testing.T) {
 			t.Errorf("missing %q in:\n%s", want, out.String())
 		}
 	}
-	if gw.Counter("conns_total").Get() != 3 {
+	gw.Counter("conns_total").Inc() // same counter again
+	out.Reset()
+	r.WritePrometheus(&out)
+	if !strings.Contains(out.String(), "pc2_gate_way_conns_total 4\n") {
 		t.Error("GetOrCreate returned a new counter")
+	}
+	if !r.Unregister("up", "service", "dht") || r.Unregister("up", "service", "dht") {
+		t.Error("Unregister")
 	}
 }
 

@@ -1,0 +1,94 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+
+	"github.com/elacity/pc2/core/config"
+	"github.com/elacity/pc2/core/host"
+)
+
+type role struct {
+	role    config.Role
+	summary string
+	help    string
+	// services returns the services of this role, in start order, and the
+	// config sections they read.
+	services func() []host.Service
+}
+
+var roleSupernode = role{
+	role:    config.RoleSupernode,
+	summary: "run a supernode: gateway, tunnels, names, DNS and DHT (Level 4)",
+	help: `A supernode needs nothing else running. With --dev it starts with no
+config file: state in a temporary directory, metrics on a free loopback
+port. The gateway, tunnels, registry, DNS and DHT services are added to the
+supernode as they land (see the README's roadmap); today it runs the core
+host: identity, storage, metrics and graceful shutdown.`,
+	services: func() []host.Service { return nil },
+}
+
+var roleNode = role{
+	role:    config.RoleNode,
+	summary: "run a user node (Level 1)",
+	help: `A user node exposes local services through supernodes and talks to other
+nodes directly. With --dev it starts with no config file. Today it runs the
+core host: identity, storage, metrics and graceful shutdown.`,
+	services: func() []host.Service { return nil },
+}
+
+func nodeCommand(r role) *command {
+	var (
+		cfgPath, data, logLevel, logFormat, metricsListen string
+		dev                                               bool
+	)
+	return &command{
+		name:    string(r.role),
+		summary: r.summary,
+		help:    r.help,
+		flags: func(fs *flag.FlagSet) {
+			fs.StringVar(&cfgPath, "config", "", "configuration file (YAML); none: built-in defaults")
+			fs.BoolVar(&dev, "dev", false, "development defaults: temporary data dir, metrics on a free loopback port")
+			fs.StringVar(&data, "data", "", "data directory (overrides the file)")
+			fs.StringVar(&logLevel, "log-level", "", "debug, info, warn or error (overrides the file)")
+			fs.StringVar(&logFormat, "log-format", "", "text or json (overrides the file)")
+			fs.StringVar(&metricsListen, "metrics", "", `metrics listen address host:port, or "off" (overrides the file)`)
+		},
+		run: func(ctx context.Context, std *stdio, _ *flag.FlagSet, args []string) error {
+			if err := noArgs(args); err != nil {
+				return err
+			}
+			services := r.services()
+			sections := make([]string, len(services))
+			for i, s := range services {
+				sections[i] = s.Name()
+			}
+			cfg, err := config.Load(cfgPath, r.role, dev, sections)
+			if err != nil {
+				return err
+			}
+			for flagValue, field := range map[*string]*string{&data: &cfg.DataDir, &logLevel: &cfg.Log.Level, &logFormat: &cfg.Log.Format, &metricsListen: &cfg.Metrics.Listen} {
+				if *flagValue != "" {
+					*field = *flagValue
+				}
+			}
+			if err := cfg.Validate(); err != nil {
+				return err
+			}
+			h, err := host.New(host.Options{Config: cfg, Services: services, Log: std.err})
+			if err != nil {
+				return err
+			}
+			return h.Run(ctx, func(info host.Info) {
+				if err := host.NotifyReadyFD(info); err != nil {
+					h.Logger().Warn("readiness notification failed", "err", err)
+				}
+				if dev && os.Getenv("PC2_READY_FD") == "" { // the devnet prints its own summary
+					fmt.Fprintf(std.out, "%s %s ready\n  metrics: %s\n  data:    %s\n", r.role, info.DID, info.Metrics, info.DataDir)
+				}
+			})
+		},
+	}
+}
