@@ -16,6 +16,7 @@ import (
 	"github.com/elacity/pc2/core/identity"
 	"golang.org/x/crypto/curve25519"
 	"golang.org/x/crypto/nacl/box"
+	//lint:ignore SA1019 HSalsa20 is libsodium's crypto_box_beforenm step; only this package exposes it, and it runs once per peer, not per packet.
 	"golang.org/x/crypto/salsa20/salsa"
 )
 

@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 )
 
 // ErrInUse means another process holds the database open.
@@ -44,7 +45,7 @@ func Open(path string, lockWait time.Duration) (*DB, error) {
 		return nil, fmt.Errorf("open store: %w", err)
 	}
 	b, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: lockWait})
-	if errors.Is(err, bbolt.ErrTimeout) {
+	if errors.Is(err, bolterrors.ErrTimeout) {
 		return nil, fmt.Errorf("open store %s: %w (is another pc2 running with this data directory?)", path, ErrInUse)
 	}
 	if err != nil {
