@@ -28,7 +28,7 @@ type DecodeError struct {
 }
 
 func (e *DecodeError) Error() string {
-	if e.Txid == 0 {
+	if e.Txid == 0 || !e.Method.valid() {
 		return fmt.Sprintf("decode message: %v", e.Err)
 	}
 	return fmt.Sprintf("decode %v %v t=%d: %v", e.Method, e.Type, e.Txid, e.Err)

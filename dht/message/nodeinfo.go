@@ -44,7 +44,7 @@ func appendAddr(b []byte, a netip.AddrPort) []byte {
 // the address of the list's family, or the other one if that is all there is.
 func appendNode(b []byte, n *NodeInfo, d Dialect, ipv6List bool) ([]byte, error) {
 	if !n.Addr4.IsValid() && !n.Addr6.IsValid() {
-		return b, fmt.Errorf("node %s has no address", n.ID)
+		return b, fmt.Errorf("%w: node %s has no address", ErrEncode, n.ID)
 	}
 	b = cbor.AppendArrayStart(b)
 	b = cbor.AppendBytes(b, n.ID[:])
