@@ -270,7 +270,10 @@ func (c *Codec) allowNew() bool {
 // newPeer performs the key agreement with id. The point decompression in
 // X25519Public rejects ids that are not Ed25519 points before the scalar
 // multiplication; X25519 rejects low-order points.
-func (c *Codec) newPeer(id identity.ID) (*peer, error) {
+//
+// For an inbound sender (budgeted) the new-peer budget is taken after the
+// point check, so ids that are not keys cannot spend it.
+func (c *Codec) newPeer(id identity.ID, budgeted bool) (*peer, error) {
 	if id == c.self.ID() {
 		c.badSenders.Add(1)
 		return nil, fmt.Errorf("%w: own id", ErrSender)
@@ -279,6 +282,10 @@ func (c *Codec) newPeer(id identity.ID) (*peer, error) {
 	if err != nil {
 		c.badSenders.Add(1)
 		return nil, fmt.Errorf("%w: %v", ErrSender, err)
+	}
+	if budgeted && !c.allowNew() {
+		c.busy.Add(1)
+		return nil, ErrBusy
 	}
 	key, err := cryptobox.PrecomputeX25519(&c.xsk, &pk)
 	if err != nil {
@@ -301,7 +308,7 @@ func (c *Codec) outbound(id identity.ID) (*peer, error) {
 	if p := c.lookup(id); p != nil {
 		return p, nil
 	}
-	p, err := c.newPeer(id)
+	p, err := c.newPeer(id, false)
 	if err != nil {
 		return nil, err
 	}
@@ -397,12 +404,8 @@ func (c *Codec) open(dst, pkt []byte, n Network, v3, v2 bool) (identity.ID, []by
 	p := c.lookup(from)
 	cached := p != nil
 	if !cached {
-		if !c.allowNew() {
-			c.busy.Add(1)
-			return from, nil, 0, ErrBusy
-		}
 		var err error
-		if p, err = c.newPeer(from); err != nil {
+		if p, err = c.newPeer(from, true); err != nil {
 			return from, nil, 0, err
 		}
 	}

@@ -368,3 +368,32 @@ func TestNetworkOf(t *testing.T) {
 		t.Fatal("NetworkOf")
 	}
 }
+
+// TestNonPointsDoNotSpendBudget: ids that fail the point check are refused
+// before the budget is taken, so they cannot lock out real new peers.
+func TestNonPointsDoNotSpendBudget(t *testing.T) {
+	a, b := seedKey(t, 0), seedKey(t, 0x20)
+	cb := newCodec(t, b, Config{MaxNewPeersPerSecond: 2})
+	sent := 0
+	for i := 0; sent < 50; i++ {
+		var id identity.ID
+		id[0], id[1], id[2] = byte(i), byte(i>>8), 9
+		if _, err := id.X25519Public(); err == nil {
+			continue
+		}
+		junk := make([]byte, 120)
+		copy(junk, id[:])
+		if _, _, err := cb.Open(nil, junk, IPv4); !errors.Is(err, ErrSender) {
+			t.Fatalf("non-point: %v", err)
+		}
+		sent++
+	}
+	ca := newCodec(t, a, Config{})
+	p, _ := ca.Seal(nil, b.ID(), unhex(t, pingCBOR), IPv4)
+	if _, _, err := cb.Open(nil, p, IPv4); err != nil {
+		t.Fatalf("new real peer after a non-point flood: %v", err)
+	}
+	if cb.Stats().Busy != 0 {
+		t.Fatalf("%+v", cb.Stats())
+	}
+}
