@@ -209,16 +209,37 @@ func (c *Codec) Len() int {
 	return len(c.peers)
 }
 
-// lookup returns the cached context of id, marking it most recently used.
-func (c *Codec) lookup(id identity.ID) *peer {
+// twinKey is the cache key of id: the id with its sign bit (bit 255)
+// cleared. An Ed25519 id and its sign-flipped twin (-P) have the same
+// X25519 key (the Montgomery u ignores the sign), hence the same box key:
+// whoever holds one can speak as the other, and a datagram of one verifies
+// under the other. Keying the cache by the pair lets the Codec bind one id
+// to a box key at a time and refuse the twin.
+func twinKey(id identity.ID) identity.ID {
+	id[31] &^= 0x80
+	return id
+}
+
+// errTwin is returned for the sign-twin of a cached peer.
+var errTwin = fmt.Errorf("%w: sign-flipped twin of a known peer id", ErrSender)
+
+// lookup returns the cached context of id, marking it most recently used,
+// or errTwin when the cached context belongs to id's twin.
+func (c *Codec) lookup(id identity.ID) (*peer, error) {
 	c.mu.Lock()
-	p := c.peers[id]
-	if p != nil && c.lru.next != p {
+	defer c.mu.Unlock()
+	p := c.peers[twinKey(id)]
+	if p == nil {
+		return nil, nil
+	}
+	if p.id != id {
+		return nil, errTwin
+	}
+	if c.lru.next != p {
 		p.unlink()
 		c.pushFront(p)
 	}
-	c.mu.Unlock()
-	return p
+	return p, nil
 }
 
 func (p *peer) unlink() { p.prev.next, p.next.prev = p.next, p.prev }
@@ -229,23 +250,27 @@ func (c *Codec) pushFront(p *peer) {
 	c.lru.next = p
 }
 
-// admit inserts p unless another goroutine inserted the same peer first, in
-// which case that context is returned and p discarded.
-func (c *Codec) admit(p *peer) *peer {
+// admit inserts p unless another goroutine inserted the same peer (or its
+// twin) first, in which case the cached context wins.
+func (c *Codec) admit(p *peer) (*peer, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if q := c.peers[p.id]; q != nil {
-		return q
+	k := twinKey(p.id)
+	if q := c.peers[k]; q != nil {
+		if q.id != p.id {
+			return nil, errTwin
+		}
+		return q, nil
 	}
 	if len(c.peers) >= c.limit {
 		old := c.lru.prev
 		old.unlink()
-		delete(c.peers, old.id)
+		delete(c.peers, twinKey(old.id))
 		c.evictions.Add(1)
 	}
-	c.peers[p.id] = p
+	c.peers[k] = p
 	c.pushFront(p)
-	return p
+	return p, nil
 }
 
 // allowNew takes one token of the new-peer budget.
@@ -305,14 +330,14 @@ func (c *Codec) newPeer(id identity.ID, budgeted bool) (*peer, error) {
 
 // outbound returns the context for sending to id, creating it if needed.
 func (c *Codec) outbound(id identity.ID) (*peer, error) {
-	if p := c.lookup(id); p != nil {
-		return p, nil
+	if p, err := c.lookup(id); p != nil || err != nil {
+		return p, err
 	}
 	p, err := c.newPeer(id, false)
 	if err != nil {
 		return nil, err
 	}
-	return c.admit(p), nil
+	return c.admit(p)
 }
 
 // Seal appends the v3 datagram carrying msg to the peer to onto dst. msg
@@ -401,10 +426,12 @@ func (c *Codec) open(dst, pkt []byte, n Network, v3, v2 bool) (identity.ID, []by
 		return from, nil, 0, ErrOverlap
 	}
 	copy(from[:], pkt)
-	p := c.lookup(from)
+	p, err := c.lookup(from)
+	if err != nil {
+		return from, nil, 0, err
+	}
 	cached := p != nil
 	if !cached {
-		var err error
 		if p, err = c.newPeer(from, true); err != nil {
 			return from, nil, 0, err
 		}
@@ -421,7 +448,9 @@ func (c *Codec) open(dst, pkt []byte, n Network, v3, v2 bool) (identity.ID, []by
 				return from, nil, 0, ErrReplay
 			}
 			if !cached {
-				c.admit(p)
+				if _, err := c.admit(p); err != nil {
+					return from, nil, 0, err
+				}
 			}
 			return from, plain, FramingV3, nil
 		}
@@ -429,7 +458,9 @@ func (c *Codec) open(dst, pkt []byte, n Network, v3, v2 bool) (identity.ID, []by
 	if v2 {
 		if plain, err := p.key.Open(dst, pkt[IDSize:], &p.v2nonce); err == nil {
 			if !cached {
-				c.admit(p)
+				if _, err := c.admit(p); err != nil {
+					return from, nil, 0, err
+				}
 			}
 			return from, plain, FramingV2, nil
 		}
