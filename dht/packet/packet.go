@@ -273,8 +273,11 @@ func (c *Codec) admit(p *peer) (*peer, error) {
 	return p, nil
 }
 
-// allowNew takes one token of the new-peer budget.
-func (c *Codec) allowNew() bool {
+// budgetLeft refills the new-peer budget and reports whether a token is
+// left; take spends one. Checking before the point decompression makes a
+// refusal under flood cost no curve arithmetic, and spending only after it
+// keeps ids that are not keys from draining the budget.
+func (c *Codec) budgetLeft(take bool) bool {
 	if c.rate < 0 {
 		return true
 	}
@@ -288,7 +291,9 @@ func (c *Codec) allowNew() bool {
 	if c.budget < 1 {
 		return false
 	}
-	c.budget--
+	if take {
+		c.budget--
+	}
 	return true
 }
 
@@ -296,19 +301,23 @@ func (c *Codec) allowNew() bool {
 // X25519Public rejects ids that are not Ed25519 points before the scalar
 // multiplication; X25519 rejects low-order points.
 //
-// For an inbound sender (budgeted) the new-peer budget is taken after the
-// point check, so ids that are not keys cannot spend it.
+// For an inbound sender (budgeted) the new-peer budget is checked first and
+// taken after the point check, so ids that are not keys cannot spend it.
 func (c *Codec) newPeer(id identity.ID, budgeted bool) (*peer, error) {
 	if id == c.self.ID() {
 		c.badSenders.Add(1)
 		return nil, fmt.Errorf("%w: own id", ErrSender)
+	}
+	if budgeted && !c.budgetLeft(false) {
+		c.busy.Add(1)
+		return nil, ErrBusy
 	}
 	pk, err := id.X25519Public()
 	if err != nil {
 		c.badSenders.Add(1)
 		return nil, fmt.Errorf("%w: %v", ErrSender, err)
 	}
-	if budgeted && !c.allowNew() {
+	if budgeted && !c.budgetLeft(true) {
 		c.busy.Add(1)
 		return nil, ErrBusy
 	}
