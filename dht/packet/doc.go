@@ -24,8 +24,13 @@
 //     multiplication that costs most;
 //   - caps the Curve25519 agreements it performs for unknown inbound senders
 //     per second (Config.MaxNewPeersPerSecond), so a flood of fresh ids costs
-//     a bounded share of a core while known peers keep being served. The node
-//     must still throttle per source address before calling Open.
+//     a bounded share of a core while known peers keep being served: beyond
+//     the budget an unknown sender is refused before any curve arithmetic,
+//     and ids that are not points do not spend it. The node must still
+//     throttle per source address before calling Open;
+//   - binds each box key to one id: an id and its sign-flipped twin (bit 255)
+//     share an X25519 key, so Boson's framing cannot tell them apart, and
+//     the twin of a cached peer is refused.
 //
 // v3 nonces: each peer context starts from 24 random bytes and increments
 // (little-endian) per packet sent; a packet whose nonce equals the last one
