@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -116,6 +117,7 @@ func AgentMain(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		changeIP := fs.Bool("change-ip", false, "ask for the reply from the alternate address")
 		changePort := fs.Bool("change-port", false, "ask for the reply from the alternate port")
 		delay := fs.Duration("delay", 0, "ask the server to hold the reply (mapping timeout tests)")
+		port := fs.Int("port", 0, "bind the client socket to this local port (0: ephemeral)")
 		if err := fs.Parse(args); err != nil {
 			return err
 		}
@@ -130,7 +132,10 @@ func AgentMain(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		if *changePort {
 			flags |= FlagChangePort
 		}
-		c, err := listenUDP()
+		if *port < 0 || *port > 65535 {
+			return fmt.Errorf("agent query: -port %d out of range", *port)
+		}
+		c, err := net.ListenUDP("udp4", &net.UDPAddr{Port: *port})
 		if err != nil {
 			return err
 		}

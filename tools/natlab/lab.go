@@ -161,6 +161,9 @@ func Up(ctx context.Context, t Topology, cfg Config) (_ *Lab, err error) {
 	if err := l.build(ctx); err != nil {
 		return nil, err
 	}
+	if err := l.waitLinks(ctx, 10*time.Second); err != nil {
+		return nil, err
+	}
 	fmt.Fprintf(cfg.Log, "lab %s (run %s): %d namespaces up in %v\n", l.Name, l.ID, len(nodes), time.Since(t0).Round(time.Millisecond))
 	for _, n := range nodes {
 		if n.Probe {
@@ -378,6 +381,43 @@ func (l *Lab) configureNode(ctx context.Context, n Node) error {
 		}
 	}
 	return nil
+}
+
+// waitLinks waits until every veth has carrier and every bridge port
+// forwards. The kernel may defer carrier changes by up to a second when many
+// happen at once (linkwatch), and a port that is not yet forwarding silently
+// drops the lab's first packets.
+func (l *Lab) waitLinks(ctx context.Context, limit time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	return parallel(ctx, len(l.Nodes), 4, func(ctx context.Context, i int) error {
+		ns := l.NS(l.Nodes[i].Name)
+		for {
+			out, err := runCmd(ctx, nil, ipPath(), "-n", ns, "-d", "-o", "link", "show", "type", "veth")
+			if err != nil {
+				return fmt.Errorf("links of %s: %w", l.Nodes[i].Name, err)
+			}
+			notReady := ""
+			for _, line := range strings.Split(string(out), "\n") {
+				if line == "" {
+					continue
+				}
+				if strings.Contains(line, "NO-CARRIER") ||
+					strings.Contains(line, "bridge_slave state ") && !strings.Contains(line, "bridge_slave state forwarding") {
+					notReady = line
+					break
+				}
+			}
+			if notReady == "" {
+				return nil
+			}
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("link on %s not ready: %.200s", l.Nodes[i].Name, notReady)
+			case <-time.After(25 * time.Millisecond): // poll the link state
+			}
+		}
+	})
 }
 
 // parallel runs f(0..n-1) with at most width at once and returns the first error.

@@ -66,33 +66,51 @@ func (l *Lab) ClassifyHosts(ctx context.Context, hosts []string, tm ProbeTiming)
 	return res, err
 }
 
-// Query sends one probe request from host (see the query agent).
-func (l *Lab) Query(ctx context.Context, host string, flags Flags, delay time.Duration, tm ProbeTiming) (Reply, bool, error) {
-	args, err := l.probeArgs("query", tm)
+// QueryOptions tune Lab.Query.
+type QueryOptions struct {
+	Flags Flags
+	// Delay asks the server to hold its reply (mapping timeout tests).
+	Delay time.Duration
+	// LocalPort binds the client socket to a fixed port (0: ephemeral).
+	LocalPort uint16
+	// Server is the probe endpoint to ask (default: the primary endpoint).
+	Server netip.AddrPort
+	Timing ProbeTiming
+}
+
+// Query sends one probe request from host. ok is false when no reply came.
+func (l *Lab) Query(ctx context.Context, host string, o QueryOptions) (r Reply, ok bool, err error) {
+	args, err := l.probeArgs("query", o.Timing)
 	if err != nil {
 		return Reply{}, false, err
 	}
-	if flags&FlagChangeIP != 0 {
+	if o.Server.IsValid() {
+		args[2] = o.Server.String()
+	}
+	if o.Flags&FlagChangeIP != 0 {
 		args = append(args, "-change-ip")
 	}
-	if flags&FlagChangePort != 0 {
+	if o.Flags&FlagChangePort != 0 {
 		args = append(args, "-change-port")
 	}
-	if delay > 0 {
-		args = append(args, "-delay", delay.String())
+	if o.Delay > 0 {
+		args = append(args, "-delay", o.Delay.String())
+	}
+	if o.LocalPort != 0 {
+		args = append(args, "-port", strconv.Itoa(int(o.LocalPort)))
 	}
 	out, err := l.RunAgent(ctx, host, args...)
 	if err != nil {
 		return Reply{}, false, err
 	}
-	var r struct {
+	var res struct {
 		OK bool `json:"ok"`
 		Reply
 	}
-	if err := decodeLastJSON(out, &r); err != nil {
+	if err := decodeLastJSON(out, &res); err != nil {
 		return Reply{}, false, err
 	}
-	return r.Reply, r.OK, nil
+	return res.Reply, res.OK, nil
 }
 
 // MeasureLoss sends count probe requests from host and counts the replies.
@@ -253,7 +271,7 @@ func uuidFor(id, node string) string {
 // MappedOf is a convenience for tests: the address a host is seen from by the
 // probe server.
 func (l *Lab) MappedOf(ctx context.Context, host string) (netip.AddrPort, error) {
-	r, ok, err := l.Query(ctx, host, 0, 0, ProbeTiming{})
+	r, ok, err := l.Query(ctx, host, QueryOptions{})
 	if err != nil {
 		return netip.AddrPort{}, err
 	}

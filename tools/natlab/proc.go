@@ -169,7 +169,39 @@ func startInNamespace(ns, host string, argv []string, opts StartOptions) (*Proc,
 		p.err = cmd.Wait()
 		close(p.done)
 	}()
+	// Return only once the process is inside the namespace: until then it
+	// is `ip` in the root namespace, invisible to a teardown that looks for
+	// processes by namespace.
+	if err := waitInNamespace(ns, p, 5*time.Second); err != nil {
+		_ = cmd.Process.Kill()
+		<-p.done
+		return nil, fmt.Errorf("start %s on %s: %w", strings.Join(argv, " "), host, err)
+	}
 	return p, nil
+}
+
+func waitInNamespace(ns string, p *Proc, limit time.Duration) error {
+	var want syscall.Stat_t
+	if err := syscall.Stat("/run/netns/"+ns, &want); err != nil {
+		return fmt.Errorf("namespace %s: %w", ns, err)
+	}
+	deadline := time.Now().Add(limit)
+	path := fmt.Sprintf("/proc/%d/ns/net", p.Pid())
+	for {
+		var st syscall.Stat_t
+		if syscall.Stat(path, &st) == nil && st.Dev == want.Dev && st.Ino == want.Ino {
+			return nil
+		}
+		select {
+		case <-p.done:
+			return nil // exited already (its error is reported by Wait)
+		default:
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("process did not enter namespace %s", ns)
+		}
+		time.Sleep(time.Millisecond) // poll: the switch happens within microseconds
+	}
 }
 
 // Pid is the process id (of the command itself: `ip netns exec` execs it).

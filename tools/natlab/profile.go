@@ -280,77 +280,103 @@ func (o NATOptions) mappingLifetime() time.Duration {
 //
 // Pitfalls from nat-dht.md §A3 applied here: unsolicited inbound to the router
 // itself is silently dropped (no ICMP, no confirmed conntrack entry that would
-// later force a port re-map), and learned mappings are keyed by the public port
-// after SNAT. The learn rules take the inside endpoint from the original tuple
-// only for flows that started inside; for flows that started outside (a full
-// cone DNAT) the inside endpoint is the reply tuple's source — otherwise an
-// answer to an inbound peer would overwrite the mapping with the peer's address.
+// later force a port re-map); learned mappings are keyed by the public port
+// after SNAT.
+//
+// Beyond §A3, the EIM profiles keep the mapping of an inside endpoint in a
+// reverse map and reuse it for its new flows, and refuse to hand a public
+// port that another inside endpoint owns to a new one. Plain Linux SNAT only
+// keeps whole reply tuples unique, so two hosts sending from the same port
+// (every PC2 node uses UDP 39001) to different destinations both get the same
+// public port ("port overloading", forbidden by RFC 4787 REQ-3), and a full
+// cone could then deliver inbound traffic to only one of them.
 func (o NATOptions) ruleset(wan netip.Addr, lan netip.Prefix) string {
 	var b strings.Builder
 	life := int(o.mappingLifetime() / time.Second)
-	// learned: public port → inside endpoint. Present for every profile: cone
-	// profiles use it for inbound DNAT, all profiles use it for hairpinning.
-	fmt.Fprintf(&b, "table ip natlab {\n")
-	fmt.Fprintf(&b, "\tmap pmap { type inet_proto . inet_service : ipv4_addr . inet_service; flags dynamic,timeout; timeout %ds; }\n", life)
+	eim := o.Profile.Mapping == EIM
+	w := func(format string, args ...any) { fmt.Fprintf(&b, format+"\n", args...) }
+	w("table ip natlab {")
+	// pmap: public port → inside endpoint. Cone profiles use it for inbound
+	// DNAT; every profile uses it for hairpinning.
+	w("\tmap pmap { type inet_proto . inet_service : ipv4_addr . inet_service; flags dynamic,timeout; timeout %ds; }", life)
+	if eim {
+		// rmap: inside endpoint → public endpoint; owned: public ports in use.
+		w("\tmap rmap { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; flags dynamic,timeout; timeout %ds; }", life)
+		w("\tset owned { type inet_proto . inet_service; flags dynamic,timeout; timeout %ds; }", life)
+	}
 	if o.Profile.Filtering == ADF {
-		fmt.Fprintf(&b, "\tset contacted { type ipv4_addr . inet_proto . inet_service; flags dynamic,timeout; timeout %ds; }\n", life)
+		w("\tset contacted { type ipv4_addr . inet_proto . inet_service; flags dynamic,timeout; timeout %ds; }", life)
 	}
 
 	// prerouting: inbound DNAT for cone profiles, hairpin DNAT from the LAN.
-	fmt.Fprintf(&b, "\tchain pre {\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n")
+	w("\tchain pre {\n\t\ttype nat hook prerouting priority dstnat; policy accept;")
 	switch o.Profile.Filtering {
 	case EIF:
-		fmt.Fprintf(&b, "\t\tiifname \"wan0\" ip daddr %s meta l4proto { tcp, udp } dnat ip to meta l4proto . th dport map @pmap\n", wan)
+		w("\t\tiifname \"wan0\" ip daddr %s meta l4proto { tcp, udp } dnat ip to meta l4proto . th dport map @pmap", wan)
 	case ADF:
-		fmt.Fprintf(&b, "\t\tiifname \"wan0\" ip daddr %s ip saddr . meta l4proto . th dport @contacted dnat ip to meta l4proto . th dport map @pmap\n", wan)
+		w("\t\tiifname \"wan0\" ip daddr %s ip saddr . meta l4proto . th dport @contacted dnat ip to meta l4proto . th dport map @pmap", wan)
 	}
 	if o.Hairpin {
-		fmt.Fprintf(&b, "\t\tiifname \"lan0\" ip daddr %s meta l4proto { tcp, udp } dnat ip to meta l4proto . th dport map @pmap\n", wan)
+		w("\t\tiifname \"lan0\" ip daddr %s meta l4proto { tcp, udp } dnat ip to meta l4proto . th dport map @pmap", wan)
 	}
-	fmt.Fprintf(&b, "\t}\n")
+	w("\t}")
 
 	// postrouting: SNAT.
-	fmt.Fprintf(&b, "\tchain post {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n")
+	w("\tchain post {\n\t\ttype nat hook postrouting priority srcnat; policy accept;")
 	if o.Hairpin {
 		// Hairpinned packets carry the sender's external address (RFC 4787 REQ-9).
-		fmt.Fprintf(&b, "\t\tip saddr %s ip daddr %s ct status dnat snat ip to %s\n", lan.Masked(), lan.Masked(), wan)
+		w("\t\tip saddr %s ip daddr %s ct status dnat snat ip to %s", lan.Masked(), lan.Masked(), wan)
 	}
-	if o.Profile.Mapping == APDM {
-		fmt.Fprintf(&b, "\t\toifname \"wan0\" meta l4proto { tcp, udp } snat ip to %s:1024-65535 fully-random\n", wan)
-		fmt.Fprintf(&b, "\t\toifname \"wan0\" snat ip to %s fully-random\n", wan)
+	if eim {
+		// 1. the inside endpoint already has a mapping: reuse it;
+		// 2. its port number is owned by another endpoint: pick a random port;
+		// 3. otherwise preserve the port when the kernel can.
+		w("\t\toifname \"wan0\" meta l4proto { tcp, udp } snat ip to ip saddr . meta l4proto . th sport map @rmap")
+		w("\t\toifname \"wan0\" meta l4proto { tcp, udp } meta l4proto . th sport @owned snat ip to %s:1024-65535 fully-random", wan)
+		w("\t\toifname \"wan0\" snat ip to %s", wan)
 	} else {
-		fmt.Fprintf(&b, "\t\toifname \"wan0\" snat ip to %s\n", wan)
+		w("\t\toifname \"wan0\" meta l4proto { tcp, udp } snat ip to %s:1024-65535 fully-random", wan)
+		w("\t\toifname \"wan0\" snat ip to %s fully-random", wan)
 	}
-	fmt.Fprintf(&b, "\t}\n")
+	w("\t}")
 
-	// learn (after SNAT, so th sport is the public port).
-	fmt.Fprintf(&b, "\tchain learn {\n\t\ttype filter hook postrouting priority 300; policy accept;\n")
-	fmt.Fprintf(&b, "\t\toifname \"wan0\" meta l4proto { tcp, udp } ct direction original update @pmap { meta l4proto . th sport timeout %ds : ct original ip saddr . ct original proto-src }\n", life)
-	fmt.Fprintf(&b, "\t\toifname \"wan0\" meta l4proto { tcp, udp } ct direction reply update @pmap { meta l4proto . th sport timeout %ds : ct reply ip saddr . ct reply proto-src }\n", life)
-	if o.Profile.Filtering == ADF {
-		fmt.Fprintf(&b, "\t\toifname \"wan0\" meta l4proto { tcp, udp } update @contacted { ip daddr . meta l4proto . th sport timeout %ds }\n", life)
+	// learn (after SNAT, so th sport is the public port). The inside endpoint
+	// is the original source for flows that started inside and the reply
+	// source for flows that started outside (a cone DNAT).
+	w("\tchain learn {\n\t\ttype filter hook postrouting priority 300; policy accept;")
+	for _, dir := range []string{"original", "reply"} {
+		w("\t\toifname \"wan0\" meta l4proto { tcp, udp } ct direction %s update @pmap { meta l4proto . th sport timeout %ds : ct %s ip saddr . ct %s proto-src }", dir, life, dir, dir)
+		if eim {
+			w("\t\toifname \"wan0\" meta l4proto { tcp, udp } ct direction %s update @rmap { ct %s ip saddr . meta l4proto . ct %s proto-src timeout %ds : ip saddr . th sport }", dir, dir, dir, life)
+		}
 	}
-	fmt.Fprintf(&b, "\t}\n")
+	if eim {
+		w("\t\toifname \"wan0\" meta l4proto { tcp, udp } update @owned { meta l4proto . th sport timeout %ds }", life)
+	}
+	if o.Profile.Filtering == ADF {
+		w("\t\toifname \"wan0\" meta l4proto { tcp, udp } update @contacted { ip daddr . meta l4proto . th sport timeout %ds }", life)
+	}
+	w("\t}")
 
 	// Silent drop of unsolicited inbound to the router itself (pitfall 1).
-	fmt.Fprintf(&b, "\tchain input {\n\t\ttype filter hook input priority 0; policy accept;\n")
-	fmt.Fprintf(&b, "\t\tiifname \"wan0\" ct state new drop\n")
-	fmt.Fprintf(&b, "\t}\n")
+	w("\tchain input {\n\t\ttype filter hook input priority 0; policy accept;")
+	w("\t\tiifname \"wan0\" ct state new drop")
+	w("\t}")
 
 	// Loss: one rule (and one counter) per direction.
 	if o.Loss.Mode != LossNone {
-		fmt.Fprintf(&b, "\tchain loss {\n\t\ttype filter hook forward priority -10; policy accept;\n")
+		w("\tchain loss {\n\t\ttype filter hook forward priority -10; policy accept;")
 		for _, dir := range []string{"iifname \"wan0\"", "oifname \"wan0\""} {
 			switch o.Loss.Mode {
 			case LossNth:
-				fmt.Fprintf(&b, "\t\t%s numgen inc mod %d 0 counter drop\n", dir, o.Loss.Every)
+				w("\t\t%s numgen inc mod %d 0 counter drop", dir, o.Loss.Every)
 			case LossRandom:
-				fmt.Fprintf(&b, "\t\t%s numgen random mod 1000 < %d counter drop\n", dir, o.Loss.PerMille)
+				w("\t\t%s numgen random mod 1000 < %d counter drop", dir, o.Loss.PerMille)
 			}
 		}
-		fmt.Fprintf(&b, "\t}\n")
+		w("\t}")
 	}
-	fmt.Fprintf(&b, "}\n")
+	w("}")
 	return b.String()
 }
 

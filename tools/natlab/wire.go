@@ -91,10 +91,10 @@ type Message struct {
 	ID   [8]byte
 
 	// Request fields.
-	Flags        Flags
-	DelayMillis  uint16
-	Observed     netip.AddrPort // response: where the request came from
-	Responder    netip.AddrPort // response: the server socket that answered
+	Flags       Flags
+	DelayMillis uint16
+	Observed    netip.AddrPort // response: where the request came from
+	Responder   netip.AddrPort // response: the server socket that answered
 }
 
 // Decode errors. Every decode failure wraps ErrMalformed.
