@@ -24,8 +24,10 @@ import (
 // NamePrefix starts the name of every namespace a lab creates.
 const NamePrefix = "pc2lab-"
 
-// DefaultStateDir holds one JSON file per lab (owner pid, nodes).
-const DefaultStateDir = "/run/pc2-natlab"
+// StateDir holds one JSON file per lab (owner pid, nodes). It is one fixed
+// place for the whole machine on purpose: stale-lab cleanup must see the
+// owner of every lab, or it would remove a live one.
+const StateDir = "/run/pc2-natlab"
 
 // Probe server ports (primary and alternate).
 const (
@@ -45,8 +47,6 @@ type Config struct {
 	Unique bool
 	// Launcher starts agents (probe servers and clients).
 	Launcher Launcher
-	// StateDir defaults to DefaultStateDir.
-	StateDir string
 	// Detached labs outlive their creator: they are not considered stale when
 	// the creating process exits, and are removed only by Down.
 	Detached bool
@@ -108,9 +108,6 @@ func Up(ctx context.Context, t Topology, cfg Config) (_ *Lab, err error) {
 	if err := CheckDeps(needUPnP); err != nil {
 		return nil, err
 	}
-	if cfg.StateDir == "" {
-		cfg.StateDir = DefaultStateDir
-	}
 	if cfg.Name == "" {
 		cfg.Name = t.Name
 	}
@@ -120,16 +117,16 @@ func Up(ctx context.Context, t Topology, cfg Config) (_ *Lab, err error) {
 	if !nodeNameRE.MatchString(cfg.Name) {
 		return nil, fmt.Errorf("lab name %q: want [a-z][a-z0-9-]{0,23}", cfg.Name)
 	}
-	if err := os.MkdirAll(cfg.StateDir, 0o755); err != nil {
+	if err := os.MkdirAll(StateDir, 0o755); err != nil {
 		return nil, fmt.Errorf("natlab state dir: %w", err)
 	}
-	if removed, err := CleanStale(ctx, cfg.StateDir); err != nil {
+	if removed, err := CleanStale(ctx); err != nil {
 		return nil, fmt.Errorf("clean stale labs: %w", err)
 	} else if len(removed) > 0 {
 		fmt.Fprintf(cfg.Log, "removed stale lab namespaces: %s\n", strings.Join(removed, " "))
 	}
 	if cfg.Unique {
-		if st, err := findState(cfg.StateDir, cfg.Name); err == nil {
+		if st, err := findState(StateDir, cfg.Name); err == nil {
 			return nil, fmt.Errorf("lab %q is already up (run %s, owner pid %d); use `down %s` or another --name",
 				cfg.Name, st.ID, st.OwnerPID, cfg.Name)
 		}
@@ -145,7 +142,7 @@ func Up(ctx context.Context, t Topology, cfg Config) (_ *Lab, err error) {
 			OwnerPID: os.Getpid(), OwnerStart: start, Detached: cfg.Detached,
 			Created: time.Now().UTC(), Nodes: nodes,
 		},
-		stateDir: cfg.StateDir, launcher: cfg.Launcher, log: cfg.Log,
+		stateDir: StateDir, launcher: cfg.Launcher, log: cfg.Log,
 	}
 	// The state file goes first: a namespace without it would look stale to a
 	// concurrent lab's cleanup.
@@ -282,6 +279,7 @@ func (l *Lab) build(ctx context.Context) error {
 		return perNS[node]
 	}
 	port := map[string]int{}
+	links := 0
 	for _, n := range l.Nodes {
 		b := cmds(n.Name)
 		switch n.Kind {
@@ -305,7 +303,13 @@ func (l *Lab) build(ctx context.Context) error {
 		}
 		pif := fmt.Sprintf("v%d", port[n.Parent])
 		port[n.Parent]++
-		fmt.Fprintf(&root, "link add %s netns %s type veth peer name %s netns %s\n", ifname, l.NS(n.Name), pif, l.NS(n.Parent))
+		// Distinct interface indexes at both ends: the kernel treats a veth
+		// whose index equals its peer's as a plain device and defers its
+		// carrier-up by up to a second (linkwatch), which slowed every lab.
+		idx := 100 + 2*links
+		links++
+		fmt.Fprintf(&root, "link add %s netns %s index %d type veth peer name %s netns %s index %d\n",
+			ifname, l.NS(n.Name), idx, pif, l.NS(n.Parent), idx+1)
 		pb := cmds(n.Parent)
 		fmt.Fprintf(pb, "link set %s master %s\nlink set %s up\n", pif, bridge, pif)
 		for _, a := range n.Addrs {
@@ -703,8 +707,10 @@ func (s State) Alive() bool {
 	return err == nil && st == s.OwnerStart
 }
 
-// ReadStates returns the state of every lab recorded in dir.
-func ReadStates(dir string) ([]State, error) {
+// ReadStates returns the state of every lab recorded on this machine.
+func ReadStates() ([]State, error) { return readStates(StateDir) }
+
+func readStates(dir string) ([]State, error) {
 	ents, err := os.ReadDir(dir)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
@@ -731,7 +737,7 @@ func ReadStates(dir string) ([]State, error) {
 }
 
 func findState(dir, name string) (State, error) {
-	sts, err := ReadStates(dir)
+	sts, err := readStates(dir)
 	if err != nil {
 		return State{}, err
 	}
@@ -746,7 +752,8 @@ func findState(dir, name string) (State, error) {
 // CleanStale removes namespaces and state files of runs whose owner is gone
 // (crashed or killed labs). Live and detached labs are left alone. It returns
 // the removed namespaces.
-func CleanStale(ctx context.Context, dir string) ([]string, error) {
+func CleanStale(ctx context.Context) ([]string, error) {
+	dir := StateDir
 	// Namespaces are listed before state files are read: a lab writes its
 	// state before creating namespaces, so a namespace seen here has its state
 	// visible below unless its run really is stale.
@@ -754,7 +761,7 @@ func CleanStale(ctx context.Context, dir string) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	sts, err := ReadStates(dir)
+	sts, err := readStates(dir)
 	if err != nil {
 		return nil, err
 	}
@@ -783,13 +790,11 @@ func CleanStale(ctx context.Context, dir string) ([]string, error) {
 	return removed, nil
 }
 
-// Attach finds the live lab called name in dir (or the only live lab if name
-// is empty) so that another process can run commands in it or tear it down.
-func Attach(dir, name string, launcher Launcher) (*Lab, error) {
-	if dir == "" {
-		dir = DefaultStateDir
-	}
-	sts, err := ReadStates(dir)
+// Attach finds the live lab called name (or the only live lab if name is
+// empty) so that another process can run commands in it or tear it down.
+func Attach(name string, launcher Launcher) (*Lab, error) {
+	dir := StateDir
+	sts, err := readStates(dir)
 	if err != nil {
 		return nil, err
 	}

@@ -66,11 +66,6 @@ func needRoot(t testing.TB) {
 	}
 }
 
-// testStateDir keeps test labs apart from labs a researcher started by hand.
-func testStateDir(t testing.TB) string {
-	return natlab.DefaultStateDir + "/test"
-}
-
 // upLab brings a topology up and registers a cleanup that tears it down and
 // checks that no namespace or process of the run is left.
 func upLab(t testing.TB, topo natlab.Topology) *natlab.Lab {
@@ -78,7 +73,7 @@ func upLab(t testing.TB, topo natlab.Topology) *natlab.Lab {
 	needRoot(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	l, err := natlab.Up(ctx, topo, natlab.Config{Launcher: testLauncher(t), StateDir: testStateDir(t)})
+	l, err := natlab.Up(ctx, topo, natlab.Config{Name: "test-" + topo.Name, Launcher: testLauncher(t)})
 	if err != nil {
 		t.Fatalf("lab up: %v", err)
 	}

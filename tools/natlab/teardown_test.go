@@ -33,7 +33,7 @@ func TestHelperLab(t *testing.T) {
 	} else {
 		needRoot(t)
 		var err error
-		l, err = natlab.Up(context.Background(), topo, natlab.Config{Launcher: testLauncher(t), StateDir: testStateDir(t)})
+		l, err = natlab.Up(context.Background(), topo, natlab.Config{Name: "test-crash", Launcher: testLauncher(t)})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -95,7 +95,7 @@ func TestTeardownAfterCrash(t *testing.T) {
 	if pids := natlab.ProcessesOf(id); len(pids) == 0 {
 		t.Fatalf("crashed run %s: expected the detached sleep to survive until cleanup", id)
 	}
-	removed, err := natlab.CleanStale(context.Background(), testStateDir(t))
+	removed, err := natlab.CleanStale(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -443,7 +443,11 @@ func Builtin(name string, f TopologyFlags) (Topology, error) {
 		if err != nil {
 			return Topology{}, fmt.Errorf("--b: %w", err)
 		}
-		return PairTopology(a, b, max(f.HostsPerLAN, 2)), nil
+		n := f.HostsPerLAN
+		if n <= 0 {
+			n = 2
+		}
+		return PairTopology(a, b, n), nil
 	case "matrix":
 		var ps []NATOptions
 		for _, p := range Profiles() {
