@@ -97,62 +97,76 @@ type Message struct {
 	Responder   netip.AddrPort // response: the server socket that answered
 }
 
-// Decode errors. Every decode failure wraps ErrMalformed.
+// ErrMalformed matches (errors.Is) every decode failure.
+var ErrMalformed = errors.New("natlab probe: malformed message")
+
+// malformedError is a static decode error: the probe server decodes every
+// datagram it receives, so rejecting garbage must not allocate.
+type malformedError struct{ reason string }
+
+func (e *malformedError) Error() string        { return "natlab probe: malformed message: " + e.reason }
+func (e *malformedError) Is(target error) bool { return target == ErrMalformed }
+
 var (
-	ErrMalformed = errors.New("natlab probe: malformed message")
+	errShort        = &malformedError{"shorter than the header"}
+	errVersion      = &malformedError{"unsupported version"}
+	errKind         = &malformedError{"unknown kind"}
+	errLength       = &malformedError{"wrong length for its kind"}
+	errFlags        = &malformedError{"unknown request flags"}
+	errDelay        = &malformedError{"reply delay too long"}
+	errPadding      = &malformedError{"non-zero request padding"}
+	errFamily       = &malformedError{"unknown address family"}
+	errNotMapped    = &malformedError{"family 4 with a non IPv4-mapped address"}
+	errMappedAsIPv6 = &malformedError{"family 6 with an IPv4-mapped address"}
 )
 
-func malformed(format string, args ...any) error {
-	return fmt.Errorf("%w: "+format, append([]any{ErrMalformed}, args...)...)
-}
-
-// Decode parses one datagram. It never allocates beyond the returned value and
-// rejects anything that is not the canonical encoding of a message.
+// Decode parses one datagram. It never allocates and rejects anything that
+// is not the canonical encoding of a message.
 func Decode(b []byte) (Message, error) {
 	var m Message
 	if len(b) < headerSize {
-		return m, malformed("short message (%d bytes)", len(b))
+		return m, errShort
 	}
 	m.Kind = Kind(b[0])
 	if b[1] != WireVersion {
-		return m, malformed("unsupported version %d", b[1])
+		return m, errVersion
 	}
 	copy(m.ID[:], b[2:10])
 	switch m.Kind {
 	case KindRequest:
 		if len(b) != MsgSizeProbe {
-			return m, malformed("request has %d bytes, want %d", len(b), MsgSizeProbe)
+			return m, errLength
 		}
 		m.Flags = Flags(b[10])
 		if m.Flags&^flagsKnown != 0 {
-			return m, malformed("unknown request flags %#x", byte(m.Flags))
+			return m, errFlags
 		}
 		m.DelayMillis = binary.BigEndian.Uint16(b[11:13])
 		if m.DelayMillis > MaxReplyDelayMillis {
-			return m, malformed("reply delay %d ms above %d", m.DelayMillis, MaxReplyDelayMillis)
+			return m, errDelay
 		}
 		for _, c := range b[13:] {
 			if c != 0 {
-				return m, malformed("non-zero request padding")
+				return m, errPadding
 			}
 		}
 	case KindResponse:
 		if len(b) != MsgSizeProbe {
-			return m, malformed("response has %d bytes, want %d", len(b), MsgSizeProbe)
+			return m, errLength
 		}
 		var err error
 		if m.Observed, err = decodeEndpoint(b[10 : 10+endpointSize]); err != nil {
-			return m, fmt.Errorf("observed endpoint: %w", err)
+			return m, err
 		}
 		if m.Responder, err = decodeEndpoint(b[10+endpointSize : 10+2*endpointSize]); err != nil {
-			return m, fmt.Errorf("responder endpoint: %w", err)
+			return m, err
 		}
 	case KindPunch, KindPunchAck:
 		if len(b) != MsgSizePunch {
-			return m, malformed("%v has %d bytes, want %d", m.Kind, len(b), MsgSizePunch)
+			return m, errLength
 		}
 	default:
-		return m, malformed("unknown kind %#x", b[0])
+		return m, errKind
 	}
 	return m, nil
 }
@@ -163,15 +177,15 @@ func decodeEndpoint(b []byte) (netip.AddrPort, error) {
 	switch b[0] {
 	case 4:
 		if !a.Is4In6() {
-			return netip.AddrPort{}, malformed("family 4 with a non IPv4-mapped address")
+			return netip.AddrPort{}, errNotMapped
 		}
 		a = a.Unmap()
 	case 6:
 		if a.Is4In6() {
-			return netip.AddrPort{}, malformed("family 6 with an IPv4-mapped address")
+			return netip.AddrPort{}, errMappedAsIPv6
 		}
 	default:
-		return netip.AddrPort{}, malformed("unknown address family %d", b[0])
+		return netip.AddrPort{}, errFamily
 	}
 	return netip.AddrPortFrom(a, port), nil
 }
