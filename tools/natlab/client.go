@@ -26,6 +26,14 @@ type ProbeTiming struct {
 // absent after 3 × 150 ms.
 var DefaultTiming = ProbeTiming{Wait: 150 * time.Millisecond, Tries: 3}
 
+// patient is the timing for replies that must come (mapping queries): more
+// tries, so a loaded machine does not turn a slow reply into a failure.
+func (t ProbeTiming) patient() ProbeTiming {
+	t = t.norm()
+	t.Tries = max(t.Tries, 8)
+	return t
+}
+
 func (t ProbeTiming) norm() ProbeTiming {
 	if t.Wait <= 0 {
 		t.Wait = DefaultTiming.Wait
@@ -145,16 +153,16 @@ func Classify(ctx context.Context, primary, alt netip.AddrPort, tm ProbeTiming) 
 	}
 	defer m.Close()
 	r.Local = localEndpoint(m, primary)
-	rep, err := Query(ctx, m, primary, 0, 0, tm)
+	rep, err := Query(ctx, m, primary, 0, 0, tm.patient())
 	if err != nil {
 		return r, fmt.Errorf("mapping test I (%v): %w", primary, err)
 	}
 	r.Mapped = rep.Observed
-	if rep, err = Query(ctx, m, altIP, 0, 0, tm); err != nil {
+	if rep, err = Query(ctx, m, altIP, 0, 0, tm.patient()); err != nil {
 		return r, fmt.Errorf("mapping test II (%v): %w", altIP, err)
 	}
 	r.MappedAltIP = rep.Observed
-	if rep, err = Query(ctx, m, alt, 0, 0, tm); err != nil {
+	if rep, err = Query(ctx, m, alt, 0, 0, tm.patient()); err != nil {
 		return r, fmt.Errorf("mapping test III (%v): %w", alt, err)
 	}
 	r.MappedAltBoth = rep.Observed
@@ -175,7 +183,7 @@ func Classify(ctx context.Context, primary, alt netip.AddrPort, tm ProbeTiming) 
 		return r, err
 	}
 	defer f.Close()
-	if _, err := Query(ctx, f, primary, 0, 0, tm); err != nil {
+	if _, err := Query(ctx, f, primary, 0, 0, tm.patient()); err != nil {
 		return r, fmt.Errorf("filtering test I: %w", err)
 	}
 	switch _, err := Query(ctx, f, primary, FlagChangeIP|FlagChangePort, 0, tm); {
@@ -212,7 +220,7 @@ func hairpin(ctx context.Context, m *net.UDPConn, mapped, primary netip.AddrPort
 	}
 	defer h.Close()
 	// Give the second socket its own mapping first, as a real peer would have.
-	if _, err := Query(ctx, h, primary, 0, 0, tm); err != nil {
+	if _, err := Query(ctx, h, primary, 0, 0, tm.patient()); err != nil {
 		return netip.AddrPort{}, err
 	}
 	id := newID()
@@ -272,7 +280,7 @@ func NewPunchSession(ctx context.Context, server netip.AddrPort, tm ProbeTiming)
 	if err != nil {
 		return nil, err
 	}
-	rep, err := Query(ctx, c, server, 0, 0, tm)
+	rep, err := Query(ctx, c, server, 0, 0, tm.patient())
 	if err != nil {
 		c.Close()
 		return nil, fmt.Errorf("learn mapped address: %w", err)

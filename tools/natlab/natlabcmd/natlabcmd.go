@@ -459,8 +459,12 @@ func (c *Command) punch(ctx context.Context, all, args []string, stdout, stderr 
 		host string
 		res  natlab.PunchResult
 	}{{fs.Arg(0), a}, {fs.Arg(1), b}} {
-		fmt.Fprintf(stdout, "%s: mapped %v, peer %v, acked=%v from %v after %d ms, %d punches sent\n",
-			r.host, r.res.Mapped, r.res.Peer, r.res.OK, r.res.Remote, r.res.Millis, r.res.Sent)
+		ack := "no ack"
+		if r.res.OK {
+			ack = fmt.Sprintf("acked by %v after %d ms", r.res.Remote, r.res.Millis)
+		}
+		fmt.Fprintf(stdout, "%s: mapped %v, peer %v, %s, got peer's punch: %v, %d punches sent\n",
+			r.host, r.res.Mapped, r.res.Peer, ack, r.res.GotPunch, r.res.Sent)
 	}
 	if a.OK && b.OK {
 		fmt.Fprintln(stdout, "punched")
