@@ -448,7 +448,9 @@ func parallel(ctx context.Context, n, width int, f func(context.Context, int) er
 	return <-errs
 }
 
-// Start runs argv inside host's namespace. The process is stopped by Close.
+// Start runs argv inside host's namespace and returns once the process is
+// inside it. The process runs until it exits, is stopped, or the lab closes
+// (ctx is not tied to its lifetime).
 func (l *Lab) Start(ctx context.Context, host string, argv []string, opts StartOptions) (*Proc, error) {
 	if _, ok := l.Node(host); !ok {
 		return nil, fmt.Errorf("natlab: no host %q in lab %s", host, l.Name)
@@ -532,7 +534,7 @@ func waitReady(ctx context.Context, p *Proc, limit time.Duration) error {
 	for {
 		line, err := p.NextLine(ctx)
 		if err != nil {
-			_ = p.Stop(time.Second)
+			p.Stop(time.Second)
 			return fmt.Errorf("not ready: %w; stderr: %s", err, strings.TrimSpace(p.Stderr()))
 		}
 		if line == "ready" {

@@ -241,12 +241,11 @@ func (p *Proc) Wait(ctx context.Context) error {
 	}
 }
 
-// Stop sends SIGTERM, waits up to grace, then kills. It returns the exit error
-// unless the process ended because of the signal.
-func (p *Proc) Stop(grace time.Duration) error {
+// Stop sends SIGTERM, waits up to grace, then kills, and waits for the exit.
+func (p *Proc) Stop(grace time.Duration) {
 	select {
 	case <-p.done:
-		return nil
+		return
 	default:
 	}
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
@@ -258,7 +257,6 @@ func (p *Proc) Stop(grace time.Duration) error {
 		_ = p.cmd.Process.Kill()
 		<-p.done
 	}
-	return nil
 }
 
 // ExitError describes a lab command that failed.

@@ -33,6 +33,11 @@ func TestSelfTest(t *testing.T) {
 		if got != want {
 			t.Errorf("%s: observed %v, declared %v", h, got, want)
 		}
+		// The probe server sees the outermost NAT's public address.
+		nats := natlab.NATChain(l.Nodes, h)
+		if outer := nats[len(nats)-1].Addrs[0]; res[i].Mapped.Addr() != outer {
+			t.Errorf("%s: mapped to %v, want the outermost NAT's address %v", h, res[i].Mapped, outer)
+		}
 	}
 	t.Logf("self-test: lab up %v, total %v", up.Round(time.Millisecond), time.Since(t0).Round(time.Millisecond))
 }
