@@ -80,6 +80,9 @@ func (c *Command) Run(ctx context.Context, args []string, stdout, stderr io.Writ
 func usage(w io.Writer) {
 	fmt.Fprint(w, `natlab: network-namespace NAT laboratory (needs root)
 
+Usage:
+  natlab <command> [flags]
+
 Commands:
   up <topology> [flags]        build a lab and keep it up until Ctrl-C or 'down'
   down [--lab NAME] [--all]    remove a lab (or all labs)
