@@ -1,0 +1,120 @@
+package sniproxy
+
+import (
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// relay moves bytes both ways until both directions end, an error or the
+// idle watchdog closes the pair. With two *net.TCPConn the copies are
+// io.Copy between the raw connections, which the runtime performs with
+// splice(2) on Linux; any wrapper here would disable that.
+func (s *Server) relay(client, backend net.Conn) {
+	ct, cok := client.(*net.TCPConn)
+	bt, bok := backend.(*net.TCPConn)
+	kernel := cok && bok && kernelCounters
+	var counted atomic.Uint64 // progress when kernel counters are not usable
+
+	var once sync.Once
+	closeBoth := func() {
+		once.Do(func() {
+			client.Close()
+			backend.Close()
+		})
+	}
+	if s.cfg.IdleTimeout > 0 {
+		sample := func() uint64 { return counted.Load() }
+		if kernel {
+			sample = func() uint64 { return tcpProgress(ct) + tcpProgress(bt) }
+		}
+		w := startWatchdog(s.cfg.IdleTimeout, sample, func() {
+			s.m.IdleClosed.Inc()
+			closeBoth()
+		})
+		defer w.stop()
+	}
+
+	done := make(chan int64, 1)
+	go func() { done <- pipe(backend, client, kernel, &counted, closeBoth) }()
+	down := pipe(client, backend, kernel, &counted, closeBoth)
+	up := <-done
+	s.m.BytesUp.AddInt64(up)
+	s.m.BytesDown.AddInt64(down)
+	closeBoth()
+}
+
+// pipe copies src to dst; at EOF it half-closes dst so the peer sees the
+// end of the stream while the other direction goes on.
+func pipe(dst, src net.Conn, kernel bool, counted *atomic.Uint64, closeBoth func()) int64 {
+	var w io.Writer = dst
+	if !kernel {
+		w = &countingWriter{w: dst, n: counted}
+	}
+	n, err := io.Copy(w, src)
+	if err != nil {
+		closeBoth()
+		return n
+	}
+	if cw, ok := dst.(interface{ CloseWrite() error }); ok {
+		if cw.CloseWrite() == nil {
+			return n
+		}
+	}
+	closeBoth()
+	return n
+}
+
+type countingWriter struct {
+	w io.Writer
+	n *atomic.Uint64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n.Add(uint64(n))
+	return n, err
+}
+
+// watchdog calls onIdle when sample() has not changed for a whole period.
+// It is a timer, not a goroutine, so idle connections cost no stack.
+type watchdog struct {
+	mu      sync.Mutex
+	t       *time.Timer
+	last    uint64
+	stopped bool
+}
+
+func startWatchdog(period time.Duration, sample func() uint64, onIdle func()) *watchdog {
+	w := &watchdog{}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.last = sample()
+	w.t = time.AfterFunc(period, func() {
+		w.mu.Lock()
+		if w.stopped {
+			w.mu.Unlock()
+			return
+		}
+		cur := sample()
+		if cur == w.last {
+			w.stopped = true
+			w.mu.Unlock()
+			onIdle()
+			return
+		}
+		w.last = cur
+		w.t.Reset(period)
+		w.mu.Unlock()
+	})
+	return w
+}
+
+func (w *watchdog) stop() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.stopped = true
+	w.t.Stop()
+}
