@@ -243,11 +243,11 @@ func (h *Hello) recordErr(typ byte) error {
 // gather adds one record's payload to the handshake message.
 func (h *Hello) gather(payload []byte) error {
 	if !h.multi {
+		if payload[0] != msgClientHello {
+			return errNotClientHello
+		}
 		// Fast path: the first record holds the whole message.
 		if len(payload) >= handshakeHdr {
-			if payload[0] != msgClientHello {
-				return errNotClientHello
-			}
 			total := handshakeHdr + (int(payload[1])<<16 | int(payload[2])<<8 | int(payload[3]))
 			if total > len(h.frag) {
 				return errTooLarge

@@ -351,3 +351,28 @@ func BenchmarkCryptoTLSPeek(b *testing.B) {
 		})
 	}
 }
+
+func TestParseAllocatesNothing(t *testing.T) {
+	inputs := [][]byte{
+		hellotest.ChromeLike("a.example"),
+		hellotest.Fragment(hellotest.ChromeLike("a.example"), 50),
+		hellotest.ChromeLike("192.0.2.1"),
+		[]byte("GET / HTTP/1.1\r\n"),
+		{22, 3, 1, 0x40, 0x01},
+	}
+	var h clienthello.Hello
+	for i, in := range inputs {
+		if a := testing.AllocsPerRun(100, func() { _ = h.Parse(in) }); a != 0 {
+			t.Errorf("input %d: %v allocations per Parse", i, a)
+		}
+		r := &rewindReader{b: in}
+		if a := testing.AllocsPerRun(100, func() {
+			r.off = 0
+			if h, err := clienthello.Read(r); err == nil {
+				h.Release()
+			}
+		}); a != 0 {
+			t.Errorf("input %d: %v allocations per pooled Read", i, a)
+		}
+	}
+}
