@@ -33,9 +33,9 @@ type span struct{ off, n uint16 }
 // fields parsed from them. Byte slices it returns alias its buffer and are
 // valid until Release.
 type Hello struct {
-	buf  [MaxSize]byte // bytes read, in order (Raw)
-	frag [MaxSize]byte // handshake bytes reassembled from several records
-	n    int           // valid bytes in buf
+	buf  [MaxSize]byte  // bytes read, in order (Raw)
+	frag *[MaxSize]byte // reassembly area, only for hellos spanning records
+	n    int            // valid bytes in buf
 
 	// record walking state
 	next     int  // offset in buf of the next unparsed record header
@@ -51,7 +51,10 @@ type Hello struct {
 	alpnSeen int
 }
 
-var pool = sync.Pool{New: func() any { return new(Hello) }}
+var (
+	pool     = sync.Pool{New: func() any { return new(Hello) }}
+	fragPool = sync.Pool{New: func() any { return new([MaxSize]byte) }}
+)
 
 // Read reads from r until a complete ClientHello has arrived, then parses it.
 // It returns a pooled *Hello; call Release when done with it. Bytes after the
@@ -113,7 +116,7 @@ func (h *Hello) Parse(raw []byte) error {
 
 // Release returns h to the pool. h must not be used afterwards.
 func (h *Hello) Release() {
-	h.msg = nil
+	h.reset()
 	pool.Put(h)
 }
 
@@ -121,6 +124,10 @@ func (h *Hello) reset() {
 	h.n, h.next, h.fragN = 0, 0, 0
 	h.multi, h.done = false, false
 	h.msg = nil
+	if h.frag != nil {
+		fragPool.Put(h.frag)
+		h.frag = nil
+	}
 	h.recVer = 0
 	h.nameLen, h.alpnN, h.alpnSeen = 0, 0, 0
 }
@@ -249,7 +256,7 @@ func (h *Hello) gather(payload []byte) error {
 		// Fast path: the first record holds the whole message.
 		if len(payload) >= handshakeHdr {
 			total := handshakeHdr + (int(payload[1])<<16 | int(payload[2])<<8 | int(payload[3]))
-			if total > len(h.frag) {
+			if total > MaxSize {
 				return errTooLarge
 			}
 			if total <= len(payload) {
@@ -259,6 +266,7 @@ func (h *Hello) gather(payload []byte) error {
 			}
 		}
 		h.multi = true
+		h.frag = fragPool.Get().(*[MaxSize]byte)
 	}
 	h.fragN += copy(h.frag[h.fragN:], payload)
 	if h.fragN < handshakeHdr {

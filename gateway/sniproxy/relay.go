@@ -9,9 +9,8 @@ import (
 )
 
 // relay moves bytes both ways until both directions end, an error or the
-// idle watchdog closes the pair. With two *net.TCPConn the copies are
-// io.Copy between the raw connections, which the runtime performs with
-// splice(2) on Linux; any wrapper here would disable that.
+// idle watchdog closes the pair. With two *net.TCPConn on Linux the copies
+// are splice(2) bursts (copyConn); any wrapper here would disable that.
 func (s *Server) relay(client, backend net.Conn) {
 	ct, cok := client.(*net.TCPConn)
 	bt, bok := backend.(*net.TCPConn)
@@ -49,11 +48,13 @@ func (s *Server) relay(client, backend net.Conn) {
 // pipe copies src to dst; at EOF it half-closes dst so the peer sees the
 // end of the stream while the other direction goes on.
 func pipe(dst, src net.Conn, kernel bool, counted *atomic.Uint64, closeBoth func()) int64 {
-	var w io.Writer = dst
-	if !kernel {
-		w = &countingWriter{w: dst, n: counted}
+	var n int64
+	var err error
+	if kernel {
+		n, err = copyConn(dst, src)
+	} else {
+		n, err = io.Copy(&countingWriter{w: dst, n: counted}, src)
 	}
-	n, err := io.Copy(w, src)
 	if err != nil {
 		closeBoth()
 		return n

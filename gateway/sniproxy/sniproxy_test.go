@@ -18,9 +18,9 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/elacity/pc2/gateway/clienthello/hellotest"
-	"github.com/elacity/pc2/gateway/internal/testcert"
 	"github.com/elacity/pc2/gateway/proxyproto"
 	"github.com/elacity/pc2/gateway/sniproxy"
+	"github.com/elacity/pc2/gateway/testcert"
 )
 
 const testName = "alice.ela.test"
