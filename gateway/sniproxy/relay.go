@@ -8,14 +8,16 @@ import (
 	"time"
 )
 
-// relay moves bytes both ways until both directions end, an error or the
-// idle watchdog closes the pair. With two *net.TCPConn on Linux the copies
-// are splice(2) bursts (copyConn); any wrapper here would disable that.
-func (s *Server) relay(client, backend net.Conn) {
+// startRelay moves bytes both ways on two fresh goroutines until both
+// directions end, an error or the idle watchdog closes the pair; then it
+// closes both connections and calls done. With two *net.TCPConn on Linux
+// the copies are splice(2) bursts (copyConn); any wrapper here would
+// disable that.
+func (s *Server) startRelay(client, backend net.Conn, done func()) {
 	ct, cok := client.(*net.TCPConn)
 	bt, bok := backend.(*net.TCPConn)
 	kernel := cok && bok && kernelCounters
-	var counted atomic.Uint64 // progress when kernel counters are not usable
+	counted := new(atomic.Uint64) // progress when kernel counters are not usable
 
 	var once sync.Once
 	closeBoth := func() {
@@ -24,25 +26,41 @@ func (s *Server) relay(client, backend net.Conn) {
 			backend.Close()
 		})
 	}
+	var w *watchdog
 	if s.cfg.IdleTimeout > 0 {
 		sample := func() uint64 { return counted.Load() }
 		if kernel {
 			sample = func() uint64 { return tcpProgress(ct) + tcpProgress(bt) }
 		}
-		w := startWatchdog(s.cfg.IdleTimeout, sample, func() {
+		w = startWatchdog(s.cfg.IdleTimeout, sample, func() {
 			s.m.IdleClosed.Inc()
 			closeBoth()
 		})
-		defer w.stop()
 	}
 
-	done := make(chan int64, 1)
-	go func() { done <- pipe(backend, client, kernel, &counted, closeBoth) }()
-	down := pipe(client, backend, kernel, &counted, closeBoth)
-	up := <-done
-	s.m.BytesUp.AddInt64(up)
-	s.m.BytesDown.AddInt64(down)
-	closeBoth()
+	var up, down int64
+	var running atomic.Int32
+	running.Store(2)
+	finish := func() {
+		if running.Add(-1) != 0 {
+			return
+		}
+		if w != nil {
+			w.stop()
+		}
+		s.m.BytesUp.AddInt64(up)
+		s.m.BytesDown.AddInt64(down)
+		closeBoth()
+		done()
+	}
+	go func() {
+		up = pipe(backend, client, kernel, counted, closeBoth)
+		finish()
+	}()
+	go func() {
+		down = pipe(client, backend, kernel, counted, closeBoth)
+		finish()
+	}()
 }
 
 // pipe copies src to dst; at EOF it half-closes dst so the peer sees the

@@ -166,11 +166,10 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		}
 		backoff = 0
 		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer func() { <-s.slots }()
-			s.serveConn(ctx, c)
-		}()
+		go s.serveConn(ctx, c, func() {
+			<-s.slots
+			wg.Done()
+		})
 	}
 }
 
@@ -201,15 +200,24 @@ func (s *Server) leavePending(ip netip.Addr) {
 	s.pending[ip]--
 }
 
-// serveConn handles one client connection from hello to close.
-func (s *Server) serveConn(ctx context.Context, c net.Conn) {
+// serveConn takes one client connection from hello to relay. It returns
+// once the relay goroutines own the connection, so that its stack, grown by
+// parsing and dialing, is not kept for the connection's lifetime; done is
+// called exactly once when the connection is finished.
+func (s *Server) serveConn(ctx context.Context, c net.Conn, done func()) {
 	m := s.m
 	m.Accepted.Inc()
 	m.Active.Inc()
-	defer m.Active.Dec()
 	stop := context.AfterFunc(ctx, func() { c.Close() })
-	defer stop()
-	defer c.Close()
+	handedOff := false
+	defer func() {
+		if !handedOff {
+			stop()
+			c.Close()
+			m.Active.Dec()
+			done()
+		}
+	}()
 
 	ip := remoteIP(c)
 	if !s.enterPending(ip) {
@@ -259,11 +267,10 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 		sendAlert(c, h.RecordVersion(), alertInternalError)
 		return
 	}
-	defer backend.Close()
 	stopB := context.AfterFunc(ctx, func() { backend.Close() })
-	defer stopB()
-
 	if err := s.writePreamble(backend, c, h, target, name); err != nil {
+		stopB()
+		backend.Close()
 		m.DialErrors.Inc()
 		s.log.Warn("sniproxy: backend write failed", "target", target.Addr, "err", err)
 		return
@@ -271,7 +278,13 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 	m.BytesUp.Add(len(h.Raw()))
 	h.Release()
 	h = nil
-	s.relay(c, backend)
+	handedOff = true
+	s.startRelay(c, backend, func() {
+		stop()
+		stopB()
+		m.Active.Dec()
+		done()
+	})
 }
 
 // writePreamble sends the optional PROXY header and the ClientHello bytes
