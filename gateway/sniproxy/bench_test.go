@@ -3,6 +3,7 @@ package sniproxy_test
 import (
 	"io"
 	"net"
+	"runtime"
 	"testing"
 	"time"
 
@@ -118,4 +119,54 @@ func BenchmarkRelay(b *testing.B) {
 		ln := listen(b)
 		run(b, ln.Addr().String(), ln)
 	})
+}
+
+// BenchmarkIdleConnections reports the memory an idle relayed connection
+// costs: goroutine stacks (proxy only) and heap (proxy plus the test's own
+// client and backend sockets), per connection.
+func BenchmarkIdleConnections(b *testing.B) {
+	const n = 1000
+	hello := hellotest.ChromeLike(testName)
+	// Only the first round is measured: later rounds reuse the stacks and
+	// spans freed by earlier ones, which hides the cost.
+	var stackPer, heapPer float64
+	first := true
+	for b.Loop() {
+		b.StopTimer()
+		e := startProxy(b, sniproxy.Config{MaxPendingPerIP: n}, false)
+		backends := rawBackend(e.backend)
+		var ms0, ms1 runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&ms0)
+		b.StartTimer()
+		keep := make([]net.Conn, 0, 2*n)
+		for range n {
+			c, err := net.Dial("tcp", e.proxyAddr)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, err := c.Write(hello); err != nil {
+				b.Fatal(err)
+			}
+			be := <-backends
+			if _, err := io.ReadFull(be, make([]byte, len(hello))); err != nil {
+				b.Fatal(err)
+			}
+			keep = append(keep, c, be)
+		}
+		b.StopTimer()
+		runtime.GC()
+		runtime.ReadMemStats(&ms1)
+		if first {
+			stackPer = float64(ms1.StackInuse-ms0.StackInuse) / n
+			heapPer = float64(ms1.HeapInuse-ms0.HeapInuse) / n
+			first = false
+		}
+		for _, c := range keep {
+			c.Close()
+		}
+		b.StartTimer()
+	}
+	b.ReportMetric(stackPer, "stack-B/conn")
+	b.ReportMetric(heapPer, "heap-B/conn")
 }
