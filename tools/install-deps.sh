@@ -11,6 +11,7 @@ declare -A need=(
 	[ip]=iproute2
 	[curl]=curl
 	[dig]=bind9-dnsutils
+	[strace]=strace
 )
 
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; }

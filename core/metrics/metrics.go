@@ -23,13 +23,15 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 )
 
-// Counter, Gauge and Histogram are the metric types services use.
+// Counter, Gauge, UpDown and Histogram are the metric types services use.
 type (
 	Counter   = prometheus.Counter
 	Gauge     = prometheus.GaugeFunc
+	UpDown    = prometheus.Gauge // a gauge set by Inc, Dec, Add or Set
 	Histogram = prometheus.Histogram
 )
 
@@ -72,6 +74,32 @@ func (r *Registry) Gauge(name string, f func() float64, labels ...string) Gauge 
 	return getOrCreate(r, name, labels, func(o prometheus.Opts) Gauge {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts(o), f)
 	})
+}
+
+// UpDown returns the gauge name{labels} that the caller moves with Inc,
+// Dec, Add and Set (open connections, pending handshakes).
+func (r *Registry) UpDown(name string, labels ...string) UpDown {
+	return getOrCreate(r, name, labels, func(o prometheus.Opts) UpDown {
+		return prometheus.NewGauge(prometheus.GaugeOpts(o))
+	})
+}
+
+// Value returns the current value of a counter or gauge (the sum of
+// observations for a histogram), for tests and status pages.
+func Value(m prometheus.Metric) float64 {
+	var d dto.Metric
+	if err := m.Write(&d); err != nil {
+		return 0
+	}
+	switch {
+	case d.Counter != nil:
+		return d.Counter.GetValue()
+	case d.Gauge != nil:
+		return d.Gauge.GetValue()
+	case d.Histogram != nil:
+		return d.Histogram.GetSampleSum()
+	}
+	return 0
 }
 
 // Histogram returns the histogram name{labels} with latency buckets from

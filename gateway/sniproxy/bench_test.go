@@ -1,0 +1,172 @@
+package sniproxy_test
+
+import (
+	"io"
+	"net"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/elacity/pc2/gateway/clienthello/hellotest"
+	"github.com/elacity/pc2/gateway/sniproxy"
+)
+
+// helloSink accepts connections, reads one ClientHello's worth of bytes and
+// closes, so a connection's round trip ends when the hello has reached it.
+func helloSink(b *testing.B, ln net.Listener, n int) {
+	go func() {
+		buf := make([]byte, n)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+				if _, err := io.ReadFull(c, buf[:n:n]); err != nil {
+					b.Errorf("sink: %v", err)
+				}
+			}()
+		}
+	}()
+}
+
+func benchConnSetup(b *testing.B, addr string, hello []byte) {
+	one := make([]byte, 1)
+	b.ReportAllocs()
+	for b.Loop() {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := c.Write(hello); err != nil {
+			b.Fatal(err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := c.Read(one); err != io.EOF {
+			b.Fatalf("read = %v, want EOF after the backend closed", err)
+		}
+		c.Close()
+	}
+}
+
+// BenchmarkConnSetup measures one connection through the proxy on loopback:
+// accept, hello read and parse, route, dial, replay, relay teardown. The
+// Direct variant is the same client against the sink itself; allocations
+// include the client's and the sink's.
+func BenchmarkConnSetup(b *testing.B) {
+	hello := hellotest.MustCapture(hellotest.Configs(testName)["default"])
+	b.Run("proxy", func(b *testing.B) {
+		e := startProxy(b, sniproxy.Config{}, false)
+		helloSink(b, e.backend, len(hello))
+		benchConnSetup(b, e.proxyAddr, hello)
+	})
+	b.Run("direct", func(b *testing.B) {
+		ln := listen(b)
+		helloSink(b, ln, len(hello))
+		benchConnSetup(b, ln.Addr().String(), hello)
+	})
+}
+
+// BenchmarkRelay measures bulk bytes backend → client through the proxy
+// (splice) against the same transfer without the proxy.
+func BenchmarkRelay(b *testing.B) {
+	const size = 256 << 20
+	hello := hellotest.ChromeLike(testName)
+	run := func(b *testing.B, addr string, backend net.Listener) {
+		chunk := make([]byte, 1<<20)
+		go func() {
+			for {
+				c, err := backend.Accept()
+				if err != nil {
+					return
+				}
+				go func() {
+					defer c.Close()
+					if _, err := io.ReadFull(c, make([]byte, len(hello))); err != nil {
+						return
+					}
+					for sent := 0; sent < size; sent += len(chunk) {
+						if _, err := c.Write(chunk); err != nil {
+							return
+						}
+					}
+				}()
+			}
+		}()
+		b.SetBytes(size)
+		b.ReportAllocs()
+		for b.Loop() {
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, err := c.Write(hello); err != nil {
+				b.Fatal(err)
+			}
+			if n, err := io.Copy(io.Discard, c); err != nil || n != size {
+				b.Fatalf("got %d bytes, %v", n, err)
+			}
+			c.Close()
+		}
+	}
+	b.Run("proxy", func(b *testing.B) {
+		e := startProxy(b, sniproxy.Config{}, false)
+		run(b, e.proxyAddr, e.backend)
+	})
+	b.Run("direct", func(b *testing.B) {
+		ln := listen(b)
+		run(b, ln.Addr().String(), ln)
+	})
+}
+
+// BenchmarkIdleConnections reports the memory an idle relayed connection
+// costs: goroutine stacks (proxy only) and heap (proxy plus the test's own
+// client and backend sockets), per connection.
+func BenchmarkIdleConnections(b *testing.B) {
+	const n = 1000
+	hello := hellotest.ChromeLike(testName)
+	// Only the first round is measured: later rounds reuse the stacks and
+	// spans freed by earlier ones, which hides the cost.
+	var stackPer, heapPer float64
+	first := true
+	for b.Loop() {
+		b.StopTimer()
+		e := startProxy(b, sniproxy.Config{MaxPendingPerIP: n}, false)
+		backends := rawBackend(e.backend)
+		var ms0, ms1 runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&ms0)
+		b.StartTimer()
+		keep := make([]net.Conn, 0, 2*n)
+		for range n {
+			c, err := net.Dial("tcp", e.proxyAddr)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, err := c.Write(hello); err != nil {
+				b.Fatal(err)
+			}
+			be := <-backends
+			if _, err := io.ReadFull(be, make([]byte, len(hello))); err != nil {
+				b.Fatal(err)
+			}
+			keep = append(keep, c, be)
+		}
+		b.StopTimer()
+		runtime.GC()
+		runtime.ReadMemStats(&ms1)
+		if first {
+			stackPer = float64(ms1.StackInuse-ms0.StackInuse) / n
+			heapPer = float64(ms1.HeapInuse-ms0.HeapInuse) / n
+			first = false
+		}
+		for _, c := range keep {
+			c.Close()
+		}
+		b.StartTimer()
+	}
+	b.ReportMetric(stackPer, "stack-B/conn")
+	b.ReportMetric(heapPer, "heap-B/conn")
+}
