@@ -20,7 +20,7 @@ type Metrics struct {
 	HelloTooLarge   metrics.Counter
 	HelloTruncated  metrics.Counter
 	HelloMalformed  metrics.Counter
-	HelloNoName     metrics.Counter   // no SNI or an invalid one
+	HelloNoName     metrics.Counter // no SNI or an invalid one
 	HelloReadErrors metrics.Counter
 	HelloSeconds    metrics.Histogram // time from accept to a complete hello
 
