@@ -122,26 +122,19 @@ func BenchmarkRelay(b *testing.B) {
 }
 
 // BenchmarkIdleConnections reports the memory an idle relayed connection
-// costs: goroutine stacks (proxy only) and heap (proxy plus the test's own
-// client and backend sockets), per connection.
+// costs the proxy once it has parked: goroutine stacks, and heap (the
+// test's own client and backend sockets are measured without the proxy
+// and subtracted).
 func BenchmarkIdleConnections(b *testing.B) {
 	const n = 1000
 	hello := hellotest.ChromeLike(testName)
-	// Only the first round is measured: later rounds reuse the stacks and
-	// spans freed by earlier ones, which hides the cost.
-	var stackPer, heapPer float64
-	first := true
-	for b.Loop() {
-		b.StopTimer()
-		e := startProxy(b, sniproxy.Config{MaxPendingPerIP: n}, false)
-		backends := rawBackend(e.backend)
-		var ms0, ms1 runtime.MemStats
-		runtime.GC()
-		runtime.ReadMemStats(&ms0)
-		b.StartTimer()
+	// open makes n client/backend pairs, through addr when proxied, and
+	// returns every socket the test holds.
+	open := func(b *testing.B, addr string, backend net.Listener) []net.Conn {
+		backends := rawBackend(backend)
 		keep := make([]net.Conn, 0, 2*n)
 		for range n {
-			c, err := net.Dial("tcp", e.proxyAddr)
+			c, err := net.Dial("tcp", addr)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -152,17 +145,50 @@ func BenchmarkIdleConnections(b *testing.B) {
 			if _, err := io.ReadFull(be, make([]byte, len(hello))); err != nil {
 				b.Fatal(err)
 			}
+			// One byte back, so that both directions have run.
+			if _, err := be.Write([]byte{1}); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+				b.Fatal(err)
+			}
 			keep = append(keep, c, be)
 		}
-		b.StopTimer()
+		return keep
+	}
+	measure := func(f func()) (stack, heap float64) {
+		var ms0, ms1 runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&ms0)
+		f()
 		runtime.GC()
 		runtime.ReadMemStats(&ms1)
+		return float64(int64(ms1.StackInuse)-int64(ms0.StackInuse)) / n, float64(int64(ms1.HeapAlloc)-int64(ms0.HeapAlloc)) / n
+	}
+	// Only the first round is measured: later rounds reuse the stacks and
+	// spans freed by earlier ones.
+	var stackPer, heapPer float64
+	first := true
+	for b.Loop() {
+		b.StopTimer()
+		ln := listen(b)
+		var direct []net.Conn
+		_, directHeap := measure(func() { direct = open(b, ln.Addr().String(), ln) })
+		e := startProxy(b, sniproxy.Config{MaxPendingPerIP: n, ParkAfter: 20 * time.Millisecond}, false)
+		g0 := runtime.NumGoroutine()
+		b.StartTimer()
+		var keep []net.Conn
+		stack, heap := measure(func() {
+			keep = open(b, e.proxyAddr, e.backend)
+			// Parked: the relay goroutines are gone.
+			waitFor(b, "idle connections to park", func() bool { return runtime.NumGoroutine() <= g0+5 })
+		})
+		b.StopTimer()
 		if first {
-			stackPer = float64(ms1.StackInuse-ms0.StackInuse) / n
-			heapPer = float64(ms1.HeapInuse-ms0.HeapInuse) / n
+			stackPer, heapPer = stack, heap-directHeap
 			first = false
 		}
-		for _, c := range keep {
+		for _, c := range append(keep, direct...) {
 			c.Close()
 		}
 		b.StartTimer()

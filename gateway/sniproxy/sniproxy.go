@@ -1,24 +1,3 @@
-// Package sniproxy is the supernode's TLS passthrough data path: it accepts
-// TCP connections, reads the ClientHello (gateway/clienthello), asks a
-// Router where the server name lives, dials it and then relays bytes both
-// ways without ever holding the TLS keys, so each node's certificate and
-// ACME stay end to end.
-//
-// Performance choices: the ClientHello buffer comes from a pool and goes
-// back before relaying; the relay is a plain io.Copy between the two
-// *net.TCPConn, which Go turns into splice(2) on Linux, so bytes never enter
-// user space; idle connections are found by a per-connection timer that
-// reads the kernel's TCP_INFO byte counters instead of wrapping the
-// connections (a wrapper would silently disable splice).
-//
-// Memory: a connection still sending its ClientHello holds a goroutine and
-// a pooled 16 KiB buffer (another 16 KiB only if the hello spans several
-// records); once relaying it holds two goroutines and no user-space buffer.
-// Both are bounded by Config.MaxConns and, per source IP, by
-// Config.MaxPendingPerIP. Goroutines rather than gnet event loops because
-// splice needs *net.TCPConn and gnet has neither splice nor backpressure;
-// the idle-connection RSS is compared with HAProxy, nginx and sniproxy in
-// bench/RESULTS.md.
 package sniproxy
 
 import (
@@ -68,27 +47,49 @@ var ErrUnknownName = errors.New("sniproxy: unknown server name")
 type Config struct {
 	Router Router // required
 
-	HelloTimeout    time.Duration // 5 s: time allowed for the whole ClientHello
-	DialTimeout     time.Duration // 5 s
-	IdleTimeout     time.Duration // 10 min without a byte either way; <0 disables
-	MaxConns        int           // 10000 connections at once; Accept waits beyond
-	MaxPendingPerIP int           // 32 connections per source IP still sending their hello
+	HelloTimeout time.Duration // 5 s: time allowed for the whole ClientHello
+	DialTimeout  time.Duration // 5 s
+	IdleTimeout  time.Duration // 10 min without a byte either way; <0 disables
+	// ParkAfter is how long a relayed connection may be quiet before its
+	// goroutines are released and its sockets wait in the shared epoll set
+	// (Linux); <0 never parks.
+	ParkAfter time.Duration // 1 s
 
-	// Dial opens the backend connection; nil uses net.Dialer. Returning a
+	// MaxConns bounds connections at once, relayed and pending. When it is
+	// reached and some connections are still sending their ClientHello, a
+	// new connection takes the place of the oldest of them; when all are
+	// relayed, Accept waits.
+	MaxConns int // 10000
+	// MaxPending bounds connections still sending their ClientHello; beyond
+	// it the oldest pending connection is closed for each new one, so
+	// connections that never finish their hello cannot lock others out.
+	MaxPending      int // MaxConns
+	MaxPendingPerIP int // 32 connections per source IP still sending their hello
+
+	// Dial opens the backend connection; nil uses a net.Dialer without
+	// TCP keep-alive (the idle timeout covers dead peers). Returning a
 	// *net.TCPConn keeps the splice path.
 	Dial    func(ctx context.Context, addr string) (net.Conn, error)
 	Metrics *Metrics     // nil: no metrics
 	Logger  *slog.Logger // nil: no logs
 }
 
-// Server is an SNI passthrough proxy. Create it with New and run Serve.
+// Server is an SNI passthrough proxy. Create it with New and run Serve,
+// once or on several listeners at once (see Listen).
 type Server struct {
-	cfg     Config
-	m       *Metrics
-	log     *slog.Logger
-	slots   chan struct{}
-	mu      sync.Mutex
-	pending map[netip.Addr]int
+	cfg Config
+	m   *Metrics
+	log *slog.Logger
+
+	mu       sync.Mutex
+	total    int   // connections holding a slot
+	pending  clist // oldest first
+	active   clist
+	perIP    map[netip.Addr]int
+	closing  bool
+	slotFree chan struct{} // a slot was released (capacity 1)
+	evictAge time.Duration // pending connections younger than this are not evicted
+	wg       sync.WaitGroup
 }
 
 // New checks cfg and fills in defaults.
@@ -105,16 +106,29 @@ func New(cfg Config) (*Server, error) {
 	if cfg.IdleTimeout == 0 {
 		cfg.IdleTimeout = 10 * time.Minute
 	}
+	if cfg.ParkAfter == 0 {
+		cfg.ParkAfter = time.Second
+	}
 	if cfg.MaxConns <= 0 {
 		cfg.MaxConns = 10000
+	}
+	if cfg.MaxPending <= 0 || cfg.MaxPending > cfg.MaxConns {
+		cfg.MaxPending = cfg.MaxConns
 	}
 	if cfg.MaxPendingPerIP <= 0 {
 		cfg.MaxPendingPerIP = 32
 	}
 	if cfg.Dial == nil {
-		d := &net.Dialer{}
+		d := &net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: -1}
 		cfg.Dial = func(ctx context.Context, addr string) (net.Conn, error) {
 			return d.DialContext(ctx, "tcp", addr)
+		}
+	} else {
+		dial, timeout := cfg.Dial, cfg.DialTimeout
+		cfg.Dial = func(ctx context.Context, addr string) (net.Conn, error) {
+			ctx, cancel := context.WithTimeout(ctx, timeout)
+			defer cancel()
+			return dial(ctx, addr)
 		}
 	}
 	log := cfg.Logger
@@ -122,32 +136,32 @@ func New(cfg Config) (*Server, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Server{
-		cfg:     cfg,
-		m:       cfg.Metrics.orNop(),
-		log:     log,
-		slots:   make(chan struct{}, cfg.MaxConns),
-		pending: make(map[netip.Addr]int),
+		cfg:      cfg,
+		m:        cfg.Metrics.orNop(),
+		log:      log,
+		perIP:    make(map[netip.Addr]int),
+		slotFree: make(chan struct{}, 1),
+		evictAge: cfg.HelloTimeout / 5,
 	}, nil
 }
 
 // Serve accepts connections on ln until ctx is cancelled or ln fails. On
-// cancellation it closes ln and every connection it is serving, waits for
-// their goroutines and returns nil.
+// cancellation it closes ln and every connection the Server is serving,
+// waits for them to end and returns nil.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
-	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	stop := context.AfterFunc(ctx, func() {
+		ln.Close()
+		s.closeAll()
+	})
 	defer stop()
-	var wg sync.WaitGroup
-	defer wg.Wait()
+	defer s.wg.Wait()
 	var backoff time.Duration
 	for {
-		select {
-		case s.slots <- struct{}{}:
-		case <-ctx.Done():
+		if !s.waitRoom(ctx) {
 			return nil
 		}
 		c, err := ln.Accept()
 		if err != nil {
-			<-s.slots
 			if ctx.Err() != nil {
 				return nil
 			}
@@ -165,73 +179,190 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			continue
 		}
 		backoff = 0
-		wg.Add(1)
-		go s.serveConn(ctx, c, func() {
-			<-s.slots
-			wg.Done()
-		})
+		if cs := s.admit(ctx, c); cs != nil {
+			go s.serveConn(ctx, cs)
+		}
 	}
 }
 
-func remoteIP(c net.Conn) netip.Addr {
-	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
-		return a.AddrPort().Addr().Unmap()
+// waitRoom returns once a new connection might be admitted: a slot is
+// free or a pending connection might make room. It waits otherwise, so
+// that new connections queue in the kernel's backlog.
+func (s *Server) waitRoom(ctx context.Context) bool {
+	for {
+		s.mu.Lock()
+		room := s.total < s.cfg.MaxConns || s.pending.n > 0
+		s.mu.Unlock()
+		if room {
+			return true
+		}
+		select {
+		case <-s.slotFree:
+		case <-ctx.Done():
+			return false
+		}
 	}
-	return netip.Addr{}
 }
 
-func (s *Server) enterPending(ip netip.Addr) bool {
+// admit gives c a slot. When the slots or the pending budget are used
+// up, the oldest pending connection makes room if it has been pending for
+// at least evictAge (so that a burst of ordinary clients, each a round
+// trip from finishing its hello, does not evict itself); otherwise admit
+// waits for room. c is closed instead when its source already has
+// MaxPendingPerIP pending connections or the server is closing.
+func (s *Server) admit(ctx context.Context, c net.Conn) *conn {
+	m := s.m
+	m.Accepted.Inc()
+	now := time.Now()
+	cs := &conn{c: c, ip: remoteIP(c)}
+	var victim *conn
+	for {
+		s.mu.Lock()
+		if s.closing {
+			s.mu.Unlock()
+			c.Close()
+			return nil
+		}
+		if s.perIP[cs.ip] >= s.cfg.MaxPendingPerIP {
+			s.mu.Unlock()
+			m.RejectedPerIP.Inc()
+			c.Close()
+			return nil
+		}
+		full := s.total >= s.cfg.MaxConns
+		if !full && s.pending.n < s.cfg.MaxPending {
+			s.total++
+			break
+		}
+		wait := time.Duration(-1) // no pending connection: wait for a slot
+		if old := s.pending.head; old != nil {
+			wait = s.evictAge - now.Sub(old.since)
+			if wait <= 0 {
+				victim = old
+				s.unlinkPendingLocked(victim)
+				victim.evicted = true // its slot passes to cs
+				if !full {
+					s.total++ // over the pending budget only: cs needs a slot of its own
+				}
+				break
+			}
+		}
+		s.mu.Unlock()
+		var timeout <-chan time.Time
+		if wait > 0 {
+			timeout = time.After(wait)
+		}
+		select {
+		case <-s.slotFree:
+		case <-timeout:
+		case <-ctx.Done():
+			c.Close()
+			return nil
+		}
+		now = time.Now()
+	}
+	cs.since = now
+	s.perIP[cs.ip]++
+	s.pending.push(cs)
+	cs.where = inPending
+	s.wg.Add(1)
+	s.mu.Unlock()
+	m.Active.Inc()
+	m.Pending.Inc()
+	if victim != nil {
+		m.PendingEvicted.Inc()
+		victim.kill()
+	}
+	return cs
+}
+
+func (s *Server) unlinkPendingLocked(cs *conn) {
+	s.pending.remove(cs)
+	cs.where = nowhere
+	if s.perIP[cs.ip] <= 1 {
+		delete(s.perIP, cs.ip)
+	} else {
+		s.perIP[cs.ip]--
+	}
+	s.m.Pending.Dec()
+}
+
+// activate moves cs from pending to active once its hello is complete; it
+// reports false when cs was evicted meanwhile.
+func (s *Server) activate(cs *conn) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.pending[ip] >= s.cfg.MaxPendingPerIP {
+	if cs.evicted || s.closing {
 		return false
 	}
-	s.pending[ip]++
+	s.unlinkPendingLocked(cs)
+	s.active.push(cs)
+	cs.where = inActive
 	return true
 }
 
-func (s *Server) leavePending(ip netip.Addr) {
+// release ends cs's accounting; it is called exactly once per admitted
+// connection, after its sockets are closed.
+func (s *Server) release(cs *conn) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.pending[ip] <= 1 {
-		delete(s.pending, ip)
-		return
+	switch cs.where {
+	case inPending:
+		s.unlinkPendingLocked(cs)
+	case inActive:
+		s.active.remove(cs)
+		cs.where = nowhere
 	}
-	s.pending[ip]--
+	if !cs.evicted {
+		s.total--
+	}
+	s.mu.Unlock()
+	select {
+	case s.slotFree <- struct{}{}:
+	default:
+	}
+	s.m.Active.Dec()
+	s.wg.Done()
+}
+
+// closeAll shuts every connection down; their goroutines (or the parker)
+// then finish them.
+func (s *Server) closeAll() {
+	s.mu.Lock()
+	s.closing = true
+	var all []*conn
+	for cs := s.pending.head; cs != nil; cs = cs.next {
+		all = append(all, cs)
+	}
+	for cs := s.active.head; cs != nil; cs = cs.next {
+		all = append(all, cs)
+	}
+	s.mu.Unlock()
+	for _, cs := range all {
+		cs.kill()
+	}
 }
 
 // serveConn takes one client connection from hello to relay. It returns
-// once the relay goroutines own the connection, so that its stack, grown by
-// parsing and dialing, is not kept for the connection's lifetime; done is
-// called exactly once when the connection is finished.
-func (s *Server) serveConn(ctx context.Context, c net.Conn, done func()) {
+// once the relay owns the connection, so that its stack, grown by parsing
+// and dialing, is not kept for the connection's lifetime.
+func (s *Server) serveConn(ctx context.Context, cs *conn) {
 	m := s.m
-	m.Accepted.Inc()
-	m.Active.Inc()
-	stop := context.AfterFunc(ctx, func() { c.Close() })
+	c := cs.c
 	handedOff := false
 	defer func() {
 		if !handedOff {
-			stop()
 			c.Close()
-			m.Active.Dec()
-			done()
+			s.release(cs)
 		}
 	}()
 
-	ip := remoteIP(c)
-	if !s.enterPending(ip) {
-		m.RejectedPerIP.Inc()
-		return
-	}
-	m.Pending.Inc()
-	start := time.Now()
+	start := cs.since
 	_ = c.SetReadDeadline(start.Add(s.cfg.HelloTimeout))
-	h, err := clienthello.Read(c)
-	s.leavePending(ip)
-	m.Pending.Dec()
+	h, err := readHello(c)
 	if err != nil {
-		s.helloFailed(c, err)
+		if !s.wasEvicted(cs) {
+			s.helloFailed(c, err)
+		}
 		return
 	}
 	defer func() {
@@ -239,6 +370,9 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn, done func()) {
 			h.Release()
 		}
 	}()
+	if !s.activate(cs) {
+		return
+	}
 	observeSince(m.HelloSeconds, start)
 	_ = c.SetReadDeadline(time.Time{})
 
@@ -258,18 +392,14 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn, done func()) {
 	}
 	m.Routed.Inc()
 
-	dctx, cancel := context.WithTimeout(ctx, s.cfg.DialTimeout)
-	backend, err := s.cfg.Dial(dctx, target.Addr)
-	cancel()
+	backend, err := s.cfg.Dial(ctx, target.Addr)
 	if err != nil {
 		m.DialErrors.Inc()
 		s.log.Warn("sniproxy: dial failed", "name", name, "target", target.Addr, "err", err)
 		sendAlert(c, h.RecordVersion(), alertInternalError)
 		return
 	}
-	stopB := context.AfterFunc(ctx, func() { backend.Close() })
 	if err := s.writePreamble(backend, c, h, target, name); err != nil {
-		stopB()
 		backend.Close()
 		m.DialErrors.Inc()
 		s.log.Warn("sniproxy: backend write failed", "target", target.Addr, "err", err)
@@ -279,12 +409,7 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn, done func()) {
 	h.Release()
 	h = nil
 	handedOff = true
-	s.startRelay(c, backend, func() {
-		stop()
-		stopB()
-		m.Active.Dec()
-		done()
-	})
+	s.startRelay(cs, c, backend)
 }
 
 // writePreamble sends the optional PROXY header and the ClientHello bytes

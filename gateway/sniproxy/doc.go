@@ -1,0 +1,2 @@
+// Package sniproxy is the supernode's TLS passthrough data path.
+package sniproxy
