@@ -67,12 +67,12 @@ func exchange(t testing.TB, c, b net.Conn, n int) {
 	}
 }
 
-// TestIdleConnectionsPark checks that quiet relayed connections give up
-// their goroutines and that parked connections still carry bytes both ways,
+// TestIdleConnectionsPark checks that on the goroutine path quiet relayed
+// connections give up their goroutines and that parked connections still carry bytes both ways,
 // pass a half-close on, and park again.
 func TestIdleConnectionsPark(t *testing.T) {
 	const conns = 40
-	e := startProxy(t, sniproxy.Config{ParkAfter: 30 * time.Millisecond, MaxPendingPerIP: conns}, false)
+	e := startProxy(t, sniproxy.Config{ParkAfter: 30 * time.Millisecond, MaxPendingPerIP: conns, Dial: plainDial}, false)
 	backends := rawBackend(e.backend)
 	g0 := runtime.NumGoroutine()
 	type pair struct{ c, b net.Conn }
@@ -112,47 +112,64 @@ func TestIdleConnectionsPark(t *testing.T) {
 }
 
 // TestServeStopsParkedConnections checks that cancelling Serve ends
-// connections whose halves are parked (no goroutine to close them).
+// connections whose halves are parked (no goroutine to close them), on
+// the goroutine path, and relayed connections of the event loops.
 func TestServeStopsParkedConnections(t *testing.T) {
-	backendLn := listen(t)
-	backends := rawBackend(backendLn)
-	m := sniproxy.NewMetrics(metrics.New())
-	srv, err := sniproxy.New(sniproxy.Config{
-		Router:    staticRouter{names: map[string]sniproxy.Target{testName: {Addr: backendLn.Addr().String()}}},
-		ParkAfter: 20 * time.Millisecond,
-		Metrics:   m,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln := listen(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	g0 := runtime.NumGoroutine()
-	go func() { done <- srv.Serve(ctx, ln) }()
-	e := &env{proxyAddr: ln.Addr().String(), m: m}
-	c, b := relayedPair(t, e, backends)
-	waitFor(t, "connection to park", func() bool { return runtime.NumGoroutine() <= g0+1 })
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("Serve: %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("Serve did not return with a parked connection open")
-	}
-	for _, x := range []net.Conn{c, b} {
-		if _, err := x.Read(make([]byte, 1)); err == nil {
-			t.Fatal("connection still open after Serve returned")
-		}
+	for _, mode := range []string{"goroutines", "loops"} {
+		t.Run(mode, func(t *testing.T) {
+			backendLn := listen(t)
+			backends := rawBackend(backendLn)
+			m := sniproxy.NewMetrics(metrics.New())
+			cfg := sniproxy.Config{
+				Router:    staticRouter{names: map[string]sniproxy.Target{testName: {Addr: backendLn.Addr().String()}}},
+				ParkAfter: 20 * time.Millisecond,
+				Metrics:   m,
+			}
+			if mode == "goroutines" {
+				cfg.Dial = plainDial
+			}
+			srv, err := sniproxy.New(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ln := listen(t)
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			done := make(chan error, 1)
+			go func() { done <- srv.Serve(ctx, ln) }()
+			e := &env{proxyAddr: ln.Addr().String(), m: m}
+			g0 := runtime.NumGoroutine()
+			const n = 20
+			var c, b net.Conn
+			for range n {
+				c, b = relayedPair(t, e, backends)
+			}
+			// Parked, or never given goroutines (loops): none per
+			// connection (the slack is for Serve's own goroutines).
+			waitFor(t, "no goroutine per connection", func() bool { return runtime.NumGoroutine() <= g0+5 })
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Fatalf("Serve: %v", err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("Serve did not return with a relayed connection open")
+			}
+			for _, x := range []net.Conn{c, b} {
+				_ = x.SetReadDeadline(time.Now().Add(5 * time.Second))
+				if _, err := x.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+					t.Fatalf("connection still open after Serve returned: %v", err)
+				}
+			}
+		})
 	}
 }
 
 // TestParkedIdleTimeout checks that a parked connection is still closed
 // after IdleTimeout, and counted once.
 func TestParkedIdleTimeout(t *testing.T) {
-	e := startProxy(t, sniproxy.Config{ParkAfter: 20 * time.Millisecond, IdleTimeout: 300 * time.Millisecond}, false)
+	e := startProxy(t, sniproxy.Config{ParkAfter: 20 * time.Millisecond, IdleTimeout: 300 * time.Millisecond, Dial: plainDial}, false)
 	c, b := relayedPair(t, e, rawBackend(e.backend))
 	start := time.Now()
 	if n, err := c.Read(make([]byte, 1)); n != 0 || err != io.EOF {

@@ -6,38 +6,42 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// pipeSize is the capacity asked for each splice pipe (F_SETPIPE_SZ). One
-// burst moves at most this much with two splice calls. 256 KiB measured as
-// fast as 1 MiB for 1 and 8 streams on loopback (bench/RESULTS.md) while a
-// stalled reader can pin at most a quarter as much kernel memory per
-// direction; the default 64 KiB needed 4x the syscalls per byte.
-const pipeSize = 256 << 10
+// pipeSize is the capacity asked for each splice pipe (F_SETPIPE_SZ), so
+// one burst moves up to this much with two splice calls. 1 MiB used 25-30%
+// less proxy CPU per byte than 256 KiB and half as much as the default 64
+// KiB in bench/sni (the splice calls and their wakeups are what a pipe
+// size changes). A pipe holds bytes only while a burst is in flight.
+const pipeSize = 1 << 20
 
-// maxFreePipes bounds the pipes kept for reuse. A pipe is only held while
-// a burst is in flight, so a handful per core is enough; more would only
+// maxFreePipes bounds the pipes a pool keeps for reuse: a pipe is only
+// held while a burst is in flight, so a handful is enough; more would only
 // keep descriptors open.
-const maxFreePipes = 64
+const maxFreePipes = 32
 
 type pipe struct {
 	r, w int
 	data int // bytes spliced in and not yet out
 }
 
-var pipes struct {
+// pipePool is a free list of empty pipes.
+type pipePool struct {
 	mu   sync.Mutex
 	free []*pipe
 }
 
-// getPipe returns an empty pipe from the free list or a new one.
-func getPipe() (*pipe, error) {
-	pipes.mu.Lock()
-	if n := len(pipes.free); n > 0 {
-		p := pipes.free[n-1]
-		pipes.free = pipes.free[:n-1]
-		pipes.mu.Unlock()
+// sharedPipes serves the goroutine relay; each event loop has its own.
+var sharedPipes pipePool
+
+// get returns an empty pipe from the free list or a new one.
+func (pp *pipePool) get() (*pipe, error) {
+	pp.mu.Lock()
+	if n := len(pp.free); n > 0 {
+		p := pp.free[n-1]
+		pp.free = pp.free[:n-1]
+		pp.mu.Unlock()
 		return p, nil
 	}
-	pipes.mu.Unlock()
+	pp.mu.Unlock()
 	var fds [2]int
 	if err := unix.Pipe2(fds[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
 		return nil, err
@@ -48,18 +52,33 @@ func getPipe() (*pipe, error) {
 	return &pipe{r: fds[0], w: fds[1]}, nil
 }
 
-// putPipe keeps an empty pipe for reuse; one still holding bytes (the
-// burst failed halfway) is closed, which drops them.
-func putPipe(p *pipe) {
+// put keeps an empty pipe for reuse; one still holding bytes (the burst
+// failed halfway) is closed, which drops them.
+func (pp *pipePool) put(p *pipe) {
 	if p.data == 0 {
-		pipes.mu.Lock()
-		if len(pipes.free) < maxFreePipes {
-			pipes.free = append(pipes.free, p)
-			pipes.mu.Unlock()
+		pp.mu.Lock()
+		if len(pp.free) < maxFreePipes {
+			pp.free = append(pp.free, p)
+			pp.mu.Unlock()
 			return
 		}
-		pipes.mu.Unlock()
+		pp.mu.Unlock()
 	}
+	p.close()
+}
+
+func (p *pipe) close() {
 	unix.Close(p.r)
 	unix.Close(p.w)
+}
+
+// drain closes every pooled pipe.
+func (pp *pipePool) drain() {
+	pp.mu.Lock()
+	free := pp.free
+	pp.free = nil
+	pp.mu.Unlock()
+	for _, p := range free {
+		p.close()
+	}
 }

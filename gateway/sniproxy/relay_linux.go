@@ -147,7 +147,7 @@ func (h *half) burst() error {
 	)
 	rerr := h.srcRC.Read(func(fd uintptr) bool {
 		if h.p == nil {
-			p, err := getPipe()
+			p, err := sharedPipes.get()
 			if err != nil {
 				n, serr = h.copyBurst(int(fd))
 				if serr == unix.EAGAIN {
@@ -168,7 +168,7 @@ func (h *half) burst() error {
 				continue
 			case unix.EAGAIN:
 				// Nothing queued: give the pipe back before waiting.
-				putPipe(h.p)
+				sharedPipes.put(h.p)
 				h.p = nil
 				return h.wait()
 			default:
@@ -262,7 +262,7 @@ func (h *half) copyBurst(fd int) (int, error) {
 // starts.
 func (h *half) park() error {
 	if h.p != nil {
-		putPipe(h.p)
+		sharedPipes.put(h.p)
 		h.p = nil
 	}
 	if err := h.src.SetReadDeadline(time.Time{}); err != nil {
@@ -349,7 +349,7 @@ func (r *relay) idleClose() {
 // shut down. The last half closes both and releases the connection.
 func (h *half) end(err error) {
 	if h.p != nil {
-		putPipe(h.p)
+		sharedPipes.put(h.p)
 		h.p = nil
 	}
 	r := h.r

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/elacity/pc2/gateway/clienthello"
@@ -77,9 +78,10 @@ type Config struct {
 // Server is an SNI passthrough proxy. Create it with New and run Serve,
 // once or on several listeners at once (see Listen).
 type Server struct {
-	cfg Config
-	m   *Metrics
-	log *slog.Logger
+	cfg  Config
+	dial func(ctx context.Context, addr string) (net.Conn, error) // Config.Dial with its timeout, or net.Dialer
+	m    *Metrics
+	log  *slog.Logger
 
 	mu       sync.Mutex
 	total    int   // connections holding a slot
@@ -90,6 +92,8 @@ type Server struct {
 	slotFree chan struct{} // a slot was released (capacity 1)
 	evictAge time.Duration // pending connections younger than this are not evicted
 	wg       sync.WaitGroup
+
+	loopConns atomic.Int64 // connections held by event loops
 }
 
 // New checks cfg and fills in defaults.
@@ -118,17 +122,18 @@ func New(cfg Config) (*Server, error) {
 	if cfg.MaxPendingPerIP <= 0 {
 		cfg.MaxPendingPerIP = 32
 	}
-	if cfg.Dial == nil {
+	dial := cfg.Dial
+	if dial == nil {
 		d := &net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: -1}
-		cfg.Dial = func(ctx context.Context, addr string) (net.Conn, error) {
+		dial = func(ctx context.Context, addr string) (net.Conn, error) {
 			return d.DialContext(ctx, "tcp", addr)
 		}
 	} else {
-		dial, timeout := cfg.Dial, cfg.DialTimeout
-		cfg.Dial = func(ctx context.Context, addr string) (net.Conn, error) {
+		custom, timeout := cfg.Dial, cfg.DialTimeout
+		dial = func(ctx context.Context, addr string) (net.Conn, error) {
 			ctx, cancel := context.WithTimeout(ctx, timeout)
 			defer cancel()
-			return dial(ctx, addr)
+			return custom(ctx, addr)
 		}
 	}
 	log := cfg.Logger
@@ -137,6 +142,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	return &Server{
 		cfg:      cfg,
+		dial:     dial,
 		m:        cfg.Metrics.orNop(),
 		log:      log,
 		perIP:    make(map[netip.Addr]int),
@@ -149,6 +155,9 @@ func New(cfg Config) (*Server, error) {
 // cancellation it closes ln and every connection the Server is serving,
 // waits for them to end and returns nil.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	if tl, ok := s.loopsFor(ln); ok {
+		return s.serveLoops(ctx, tl)
+	}
 	stop := context.AfterFunc(ctx, func() {
 		ln.Close()
 		s.closeAll()
@@ -379,36 +388,54 @@ func (s *Server) serveConn(ctx context.Context, cs *conn) {
 	name := h.ServerName()
 	target, err := s.cfg.Router.Route(ctx, name)
 	if err != nil {
-		if errors.Is(err, ErrUnknownName) {
-			m.RouteUnknown.Inc()
-			s.log.Debug("sniproxy: unknown name", "name", name, "client", c.RemoteAddr())
-			sendAlert(c, h.RecordVersion(), alertUnrecognizedName)
-			return
-		}
-		m.RouteErrors.Inc()
-		s.log.Warn("sniproxy: route failed", "name", name, "err", err)
-		sendAlert(c, h.RecordVersion(), alertInternalError)
+		sendAlert(c, h.RecordVersion(), s.routeFailed(name, err))
 		return
 	}
 	m.Routed.Inc()
+	handedOff = true
+	hh := h
+	h = nil
+	s.dialAndRelay(ctx, cs, c, hh, target, name)
+}
 
-	backend, err := s.cfg.Dial(ctx, target.Addr)
+// routeFailed counts a failed route and returns the alert to send.
+func (s *Server) routeFailed(name string, err error) byte {
+	if errors.Is(err, ErrUnknownName) {
+		s.m.RouteUnknown.Inc()
+		s.log.Debug("sniproxy: unknown name", "name", name)
+		return alertUnrecognizedName
+	}
+	s.m.RouteErrors.Inc()
+	s.log.Warn("sniproxy: route failed", "name", name, "err", err)
+	return alertInternalError
+}
+
+// dialAndRelay connects to the target, replays the hello and relays. It
+// owns c, h and the accounting of cs from here on.
+func (s *Server) dialAndRelay(ctx context.Context, cs *conn, c net.Conn, h *clienthello.Hello, target Target, name string) {
+	m := s.m
+	fail := func() {
+		h.Release()
+		c.Close()
+		s.release(cs)
+	}
+	backend, err := s.dial(ctx, target.Addr)
 	if err != nil {
 		m.DialErrors.Inc()
 		s.log.Warn("sniproxy: dial failed", "name", name, "target", target.Addr, "err", err)
 		sendAlert(c, h.RecordVersion(), alertInternalError)
+		fail()
 		return
 	}
 	if err := s.writePreamble(backend, c, h, target, name); err != nil {
 		backend.Close()
 		m.DialErrors.Inc()
 		s.log.Warn("sniproxy: backend write failed", "target", target.Addr, "err", err)
+		fail()
 		return
 	}
 	m.BytesUp.Add(float64(len(h.Raw())))
 	h.Release()
-	h = nil
-	handedOff = true
 	s.startRelay(cs, c, backend)
 }
 
@@ -436,6 +463,15 @@ func (s *Server) writePreamble(backend, client net.Conn, h *clienthello.Hello, t
 // helloFailed counts a rejected ClientHello and answers with an alert where
 // the client spoke TLS well enough to understand one.
 func (s *Server) helloFailed(c net.Conn, err error) {
+	if desc := s.helloVerdict(err); desc != 0 {
+		sendAlert(c, 0, desc)
+	}
+	s.log.Debug("sniproxy: bad clienthello", "client", c.RemoteAddr(), "err", err)
+}
+
+// helloVerdict counts a rejected ClientHello by kind and returns the alert
+// to answer with, or 0 for none.
+func (s *Server) helloVerdict(err error) byte {
 	m := s.m
 	switch {
 	case errors.Is(err, os.ErrDeadlineExceeded):
@@ -444,19 +480,19 @@ func (s *Server) helloFailed(c net.Conn, err error) {
 		m.HelloNotTLS.Inc()
 	case errors.Is(err, clienthello.ErrTooLarge):
 		m.HelloTooLarge.Inc()
-		sendAlert(c, 0, alertRecordOverflow)
+		return alertRecordOverflow
 	case errors.Is(err, clienthello.ErrTruncated):
 		m.HelloTruncated.Inc()
 	case errors.Is(err, clienthello.ErrMalformed):
 		m.HelloMalformed.Inc()
-		sendAlert(c, 0, alertDecodeError)
+		return alertDecodeError
 	case errors.Is(err, clienthello.ErrNoSNI), errors.Is(err, clienthello.ErrBadServerName):
 		m.HelloNoName.Inc()
-		sendAlert(c, 0, alertUnrecognizedName)
+		return alertUnrecognizedName
 	default:
 		m.HelloReadErrors.Inc()
 	}
-	s.log.Debug("sniproxy: bad clienthello", "client", c.RemoteAddr(), "err", err)
+	return 0
 }
 
 // TLS alert descriptions (RFC 8446 §6).
@@ -471,10 +507,7 @@ const (
 // that closing does not turn into a RST that could destroy the alert before
 // the client reads it.
 func sendAlert(c net.Conn, version uint16, desc byte) {
-	if version>>8 != 3 {
-		version = 0x0301
-	}
-	rec := [7]byte{21, byte(version >> 8), byte(version), 0, 2, 2, desc}
+	rec := alertRecord(version, desc)
 	_ = c.SetWriteDeadline(time.Now().Add(time.Second))
 	if _, err := c.Write(rec[:]); err != nil {
 		return
@@ -484,4 +517,12 @@ func sendAlert(c net.Conn, version uint16, desc byte) {
 	}
 	_ = c.SetReadDeadline(time.Now().Add(time.Second))
 	_, _ = io.Copy(io.Discard, io.LimitReader(c, 64<<10))
+}
+
+// alertRecord is a fatal alert record in the client's record version.
+func alertRecord(version uint16, desc byte) [7]byte {
+	if version>>8 != 3 {
+		version = 0x0301
+	}
+	return [7]byte{21, byte(version >> 8), byte(version), 0, 2, 2, desc}
 }

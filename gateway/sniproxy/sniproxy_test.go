@@ -66,6 +66,9 @@ func startProxy(t testing.TB, cfg sniproxy.Config, proxyProto bool) *env {
 		}}
 	}
 	cfg.Metrics = e.m
+	if goroutineMode && cfg.Dial == nil {
+		cfg.Dial = plainDial
+	}
 	srv, err := sniproxy.New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -87,6 +90,41 @@ func startProxy(t testing.TB, cfg sniproxy.Config, proxyProto bool) *env {
 		}
 	})
 	return e
+}
+
+// goroutineMode makes startProxy configure a dialer, which selects the
+// goroutine data path instead of the event loops (see TestGoroutinePath).
+var goroutineMode bool
+
+func plainDial(ctx context.Context, addr string) (net.Conn, error) {
+	var d net.Dialer
+	return d.DialContext(ctx, "tcp", addr)
+}
+
+// TestGoroutinePath runs the behaviour tests again on the goroutine data
+// path: the one used with a custom Config.Dial, for targets given by host
+// name, and on systems without the event loops.
+func TestGoroutinePath(t *testing.T) {
+	goroutineMode = true
+	defer func() { goroutineMode = false }()
+	for name, f := range behaviourTests {
+		t.Run(name, f)
+	}
+}
+
+// behaviourTests hold on both data paths.
+var behaviourTests = map[string]func(*testing.T){
+	"EndToEnd":      TestEndToEndTLSPassthrough,
+	"SplitHello":    TestSplitHello,
+	"UnknownName":   TestUnknownNameAlert,
+	"ProxyProtocol": TestProxyProtocolHeader,
+	"HalfClose":     TestHalfClose,
+	"HelloTimeout":  TestSlowlorisHelloTimeout,
+	"OversizeHello": TestOversizeHello,
+	"NotTLS":        TestNotTLSClosed,
+	"IdleTimeout":   TestIdleTimeout,
+	"PendingPerIP":  TestPendingPerIPBound,
+	"MaxConns":      TestMaxConnsBound,
 }
 
 // waitFor polls cond until it holds or the deadline passes.

@@ -8,6 +8,7 @@
 //	snibench backend    -listen A -dir D          TLS backend (the optional TLS bulk variant)
 //	snibench proxy      -listen A -route N=B ...  our gateway/sniproxy with a name router
 //	snibench suite      -direct B -target name=addr[@pid] ...   run all measurements, print Markdown
+//	snibench plainrelay -listen A -backend B      reference: io.Copy relay, no SNI (not a peer)
 //	snibench load       -addr A -mode rate|bulk -streams N -d D   one load, for profiling a proxy
 //
 // The raw backend speaks this protocol, so that neither end does TLS
@@ -23,6 +24,7 @@ import (
 	"fmt"
 	"log"
 	"log/slog"
+	"net"
 	"net/http"
 	_ "net/http/pprof"
 	"os"
@@ -66,6 +68,8 @@ func main() {
 		err = runSuite(args)
 	case "load":
 		err = runLoad(args)
+	case "plainrelay":
+		err = runPlainRelay(args)
 	default:
 		err = fmt.Errorf("unknown command %q", cmd)
 	}
@@ -120,6 +124,8 @@ func runProxy(args []string) error {
 	perIP := fs.Int("pending-per-ip", 1024, "pending hellos per source IP (the rate load comes from one IP)")
 	pprofAddr := fs.String("pprof", "", "serve net/http/pprof on this address (profiling)")
 	listeners := fs.Int("listeners", 1, "accept loops (SO_REUSEPORT listeners)")
+	parkAfter := fs.Duration("park-after", 0, "sniproxy Config.ParkAfter (0: the package default)")
+	goroutines := fs.Bool("goroutines", false, "use the goroutine data path (a custom dialer) instead of the event loops")
 	_ = fs.Parse(args)
 	if *pprofAddr != "" {
 		go func() { log.Print(http.ListenAndServe(*pprofAddr, nil)) }()
@@ -136,6 +142,8 @@ func runProxy(args []string) error {
 		Router:          router,
 		MaxConns:        *maxConns,
 		MaxPendingPerIP: *perIP,
+		ParkAfter:       *parkAfter,
+		Dial:            goroutineDial(*goroutines),
 		Logger:          slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	})
 	if err != nil {
@@ -214,4 +222,14 @@ func cpuTicks(pids string) []int64 {
 		out = append(out, u+st)
 	}
 	return out
+}
+
+// goroutineDial returns a plain dialer when on, which makes the Server use
+// its goroutine data path (for comparing the two); nil keeps the default.
+func goroutineDial(on bool) func(context.Context, string) (net.Conn, error) {
+	if !on {
+		return nil
+	}
+	d := &net.Dialer{KeepAlive: -1}
+	return func(ctx context.Context, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }
 }

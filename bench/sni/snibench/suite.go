@@ -90,6 +90,7 @@ type suite struct {
 	slowLegitN  int
 	rounds      int
 	backendPID  int
+	phases      map[string]bool
 }
 
 func runSuite(args []string) error {
@@ -113,6 +114,9 @@ func runSuite(args []string) error {
 	fs.IntVar(&s.rounds, "rounds", 5, "rate and bulk time is split into this many rounds, alternating targets")
 	fs.IntVar(&s.backendPID, "backend-pid", 0, "raw backend's pid, for its CPU time")
 	jsonOut := fs.String("json", "", "also write raw results here")
+	jsonIn := fs.String("in", "", "merge into the results of an earlier run (JSON), e.g. to measure memory on freshly started proxies")
+	phases := fs.String("phases", "rate,latency,bulk,tls,idle,slowloris", "phases to run")
+	quiet := fs.Bool("no-report", false, "write the JSON only")
 	_ = fs.Parse(args)
 
 	s.hello = cannedHello()
@@ -137,13 +141,30 @@ func runSuite(args []string) error {
 		addr, pidStr, _ := strings.Cut(rest, "@")
 		pid, _ := strconv.Atoi(pidStr)
 		t := target{name: name, addr: addr, pid: pid}
-		if *directTLS != "" {
+		if *directTLS != "" && !strings.HasPrefix(name, "plain") { // the plain relay cannot route by name
 			t.tls = addr
 		}
 		all = append(all, t)
 	}
 	log.Printf("cores %s; load average at start: %s", os.Getenv("NPROC"), loadavg())
-	results, err := s.measureAll(all)
+	s.phases = map[string]bool{}
+	for _, p := range strings.Split(*phases, ",") {
+		s.phases[strings.TrimSpace(p)] = true
+	}
+	var prev []result
+	if *jsonIn != "" {
+		b, err := os.ReadFile(*jsonIn)
+		if err != nil {
+			return err
+		}
+		if err := json.Unmarshal(b, &prev); err != nil {
+			return fmt.Errorf("%s: %w", *jsonIn, err)
+		}
+		if len(prev) != len(all) {
+			return fmt.Errorf("%s has %d targets, this run %d", *jsonIn, len(prev), len(all))
+		}
+	}
+	results, err := s.measureAll(all, prev)
 	if err != nil {
 		return err
 	}
@@ -154,7 +175,9 @@ func runSuite(args []string) error {
 			return err
 		}
 	}
-	printReport(os.Stdout, results, s)
+	if !*quiet {
+		printReport(os.Stdout, results, s)
+	}
 	return nil
 }
 
@@ -173,45 +196,76 @@ func (s *suite) interleave(ts []target, f func(i int) error) error {
 	return nil
 }
 
-func (s *suite) measureAll(ts []target) ([]result, error) {
-	rs := make([]result, len(ts))
+// measureAll runs the selected phases (-phases) on all targets; rs holds
+// earlier results to merge into (-in), or nil.
+func (s *suite) measureAll(ts []target, rs []result) ([]result, error) {
+	if rs == nil {
+		rs = make([]result, len(ts))
+	}
 	for i, t := range ts {
 		rs[i].Name = t.name
 		if err := checkRawBackend(t.addr, s.hello); err != nil {
 			return nil, fmt.Errorf("%s: first connection: %w", t.name, err)
 		}
-		rs[i].RSSStartKB = treeRSS(t.pid)
+		if s.on("rate") || rs[i].RSSStartKB == 0 {
+			rs[i].RSSStartKB = treeRSS(t.pid)
+		}
 	}
-	// loadMax runs one load, records the proxy's peak RSS and adds the CPU
-	// time the proxy, backend and load generator used to cpu.
-	loadMax := func(i int, cpu *[3]int64, f func() error) error {
-		var r *rssSampler
-		if ts[i].pid > 0 {
-			r = sampleRSS(ts[i].pid)
-		}
-		p0, b0, c0 := int64(0), treeCPU(s.backendPID), treeCPU(0)
-		if ts[i].pid > 0 {
-			p0 = treeCPU(ts[i].pid)
-		}
-		err := f()
-		if ts[i].pid > 0 {
-			cpu[0] += treeCPU(ts[i].pid) - p0
-			rs[i].RSSLoadKB = max(rs[i].RSSLoadKB, r.Stop())
-		}
-		if s.backendPID > 0 {
-			cpu[1] += treeCPU(s.backendPID) - b0
-		}
-		cpu[2] += treeCPU(0) - c0
-		return err
+	steps := []struct {
+		phase string
+		run   func([]target, []result) error
+	}{
+		{"rate", s.phaseRate},
+		{"latency", s.phaseLatency},
+		{"bulk", s.phaseBulk},
+		{"tls", s.phaseTLS},
+		{"idle", s.phaseIdle},
+		{"slowloris", s.phaseSlowloris},
 	}
+	for _, st := range steps {
+		if !s.on(st.phase) {
+			continue
+		}
+		if err := st.run(ts, rs); err != nil {
+			return nil, err
+		}
+	}
+	return rs, nil
+}
 
+func (s *suite) on(phase string) bool { return s.phases[phase] }
+
+// loadMax runs one load on target i, records the proxy's peak RSS and adds
+// the CPU time the proxy, backend and load generator used to cpu.
+func (s *suite) loadMax(ts []target, rs []result, i int, cpu *[3]int64, f func() error) error {
+	var r *rssSampler
+	if ts[i].pid > 0 {
+		r = sampleRSS(ts[i].pid)
+	}
+	p0, b0, c0 := int64(0), treeCPU(s.backendPID), treeCPU(0)
+	if ts[i].pid > 0 {
+		p0 = treeCPU(ts[i].pid)
+	}
+	err := f()
+	if ts[i].pid > 0 {
+		cpu[0] += treeCPU(ts[i].pid) - p0
+		rs[i].RSSLoadKB = max(rs[i].RSSLoadKB, r.Stop())
+	}
+	if s.backendPID > 0 {
+		cpu[1] += treeCPU(s.backendPID) - b0
+	}
+	cpu[2] += treeCPU(0) - c0
+	return err
+}
+
+func (s *suite) phaseRate(ts []target, rs []result) error {
 	// 1. New connections per second: ClientHello -> first byte back.
 	per := s.rateTime / time.Duration(s.rounds)
 	log.Printf("rate: %d rounds of %s per target, c=%d (load %s)", s.rounds, per, s.concurrency, loadavg())
 	okN := make([]int64, len(ts))
 	took := make([]time.Duration, len(ts))
 	err := s.interleave(ts, func(i int) error {
-		return loadMax(i, &rs[i].RateCPU, func() error {
+		return s.loadMax(ts, rs, i, &rs[i].RateCPU, func() error {
 			n, fails, d, firstErr := rate(ts[i].addr, s.hello, s.concurrency, per)
 			okN[i] += n
 			took[i] += d
@@ -223,13 +277,17 @@ func (s *suite) measureAll(ts []target) ([]result, error) {
 		})
 	})
 	if err != nil {
-		return nil, err
+		return err
 	}
 	for i := range ts {
 		rs[i].ConnsPerS = float64(okN[i]) / took[i].Seconds()
 		rs[i].RateN = okN[i]
 	}
 
+	return nil
+}
+
+func (s *suite) phaseLatency(ts []target, rs []result) error {
 	// 2. Latency: sequential, one connection per target in turn.
 	log.Printf("latency: %d sequential connections per target, interleaved (load %s)", s.latencyN, loadavg())
 	lat := make([][]time.Duration, len(ts))
@@ -237,7 +295,7 @@ func (s *suite) measureAll(ts []target) ([]result, error) {
 		for i, t := range ts {
 			d, err := firstByte(t.addr, s.hello, nil)
 			if err != nil {
-				return nil, fmt.Errorf("%s: latency: %w", t.name, err)
+				return fmt.Errorf("%s: latency: %w", t.name, err)
 			}
 			lat[i] = append(lat[i], d)
 		}
@@ -246,8 +304,12 @@ func (s *suite) measureAll(ts []target) ([]result, error) {
 		rs[i].P50us, rs[i].P99us = percentiles(lat[i])
 	}
 
+	return nil
+}
+
+func (s *suite) phaseBulk(ts []target, rs []result) error {
 	// 3. Raw bulk throughput, 1 and 8 streams.
-	per = s.bulkTime / time.Duration(s.rounds)
+	per := s.bulkTime / time.Duration(s.rounds)
 	log.Printf("raw bulk: %d rounds of %s per target and stream count (load %s)", s.rounds, per, loadavg())
 	for _, streams := range []int{1, 8} {
 		bytesN := make([]int64, len(ts))
@@ -257,7 +319,7 @@ func (s *suite) measureAll(ts []target) ([]result, error) {
 			if streams > 1 {
 				cpu = &rs[i].Bulk8CPU
 			}
-			return loadMax(i, cpu, func() error {
+			return s.loadMax(ts, rs, i, cpu, func() error {
 				n, d, err := bulkRaw(ts[i].addr, s.hello, streams, per)
 				bytesN[i] += n
 				took[i] += d
@@ -265,7 +327,7 @@ func (s *suite) measureAll(ts []target) ([]result, error) {
 			})
 		})
 		if err != nil {
-			return nil, err
+			return err
 		}
 		for i := range ts {
 			mbps := float64(bytesN[i]) / took[i].Seconds() / 1e6
@@ -277,9 +339,13 @@ func (s *suite) measureAll(ts []target) ([]result, error) {
 		}
 	}
 
+	return nil
+}
+
+func (s *suite) phaseTLS(ts []target, rs []result) error {
 	// 4. Optional TLS bulk: crypto on both ends, the proxies in between.
 	if s.tlsCfg != nil && s.tlsBulkTime > 0 {
-		per = s.tlsBulkTime / time.Duration(s.rounds)
+		per := s.tlsBulkTime / time.Duration(s.rounds)
 		log.Printf("TLS bulk: %d rounds of %s per target and stream count (load %s)", s.rounds, per, loadavg())
 		for _, streams := range []int{1, 8} {
 			bytesN := make([]int64, len(ts))
@@ -294,7 +360,7 @@ func (s *suite) measureAll(ts []target) ([]result, error) {
 				return err
 			})
 			if err != nil {
-				return nil, err
+				return err
 			}
 			for i := range ts {
 				if took[i] == 0 {
@@ -310,6 +376,10 @@ func (s *suite) measureAll(ts []target) ([]result, error) {
 		}
 	}
 
+	return nil
+}
+
+func (s *suite) phaseIdle(ts []target, rs []result) error {
 	// 5. Memory per idle established connection (one target at a time).
 	for i, t := range ts {
 		if t.pid <= 0 || s.idle <= 0 {
@@ -322,7 +392,7 @@ func (s *suite) measureAll(ts []target) ([]result, error) {
 		conns, err := openIdle(t.addr, s.hello, s.idle)
 		if err != nil {
 			closeAll(conns)
-			return nil, fmt.Errorf("%s: %w", t.name, err)
+			return fmt.Errorf("%s: %w", t.name, err)
 		}
 		time.Sleep(s.idleWait)
 		rs[i].RSSIdleKB = treeRSS(t.pid)
@@ -332,6 +402,10 @@ func (s *suite) measureAll(ts []target) ([]result, error) {
 		time.Sleep(2 * time.Second)
 	}
 
+	return nil
+}
+
+func (s *suite) phaseSlowloris(ts []target, rs []result) error {
 	// 6. Slowloris: pending connections that never finish their hello;
 	// what they cost and whether a legitimate connection still gets through.
 	for i, t := range ts {
@@ -341,12 +415,12 @@ func (s *suite) measureAll(ts []target) ([]result, error) {
 		log.Printf("%s: slowloris with %d pending connections (load %s)", t.name, s.slow, loadavg())
 		r, err := s.slowloris(t)
 		if err != nil {
-			return nil, fmt.Errorf("%s: slowloris: %w", t.name, err)
+			return fmt.Errorf("%s: slowloris: %w", t.name, err)
 		}
 		rs[i].Slow = r
 		time.Sleep(2 * time.Second)
 	}
-	return rs, nil
+	return nil
 }
 
 func (s *suite) slowloris(t target) (*slowResult, error) {
