@@ -32,32 +32,39 @@ func readHello(c net.Conn) (*clienthello.Hello, error) {
 		herr    error
 	)
 	err = rc.Read(func(fd uintptr) bool {
-		var eof bool
-		h, partial, herr = clienthello.Resume(partial, func(buf []byte) (int, error) {
-			for {
-				n, err := unix.Read(int(fd), buf)
-				switch {
-				case err == unix.EINTR:
-					continue
-				case err == unix.EAGAIN:
-					return 0, nil
-				case err != nil:
-					return 0, fmt.Errorf("clienthello: read: %w", err)
-				case n == 0:
-					eof = true
+		for {
+			var eof, again bool
+			h, partial, herr = clienthello.Resume(partial, func(buf []byte) (int, error) {
+				for {
+					n, err := unix.Read(int(fd), buf)
+					switch {
+					case err == unix.EINTR:
+						continue
+					case err == unix.EAGAIN:
+						again = true
+						return 0, nil
+					case err != nil:
+						return 0, fmt.Errorf("clienthello: read: %w", err)
+					case n == 0:
+						eof = true
+					}
+					return n, nil
 				}
-				return n, nil
+			})
+			if herr == nil || !errors.Is(herr, clienthello.ErrTruncated) {
+				return true // complete, or malformed, too large, a socket error
 			}
-		})
-		if herr == nil || !errors.Is(herr, clienthello.ErrTruncated) {
-			return true // complete, or malformed, too large, a socket error
+			if eof {
+				herr = fmt.Errorf("%w (%w)", herr, io.EOF)
+				return true
+			}
+			if again {
+				herr = nil
+				return false // incomplete: wait for more bytes
+			}
+			// Bytes came but not the whole hello: read on until the socket
+			// is empty, as the poller only reports what arrives later.
 		}
-		if eof {
-			herr = fmt.Errorf("%w (%w)", herr, io.EOF)
-			return true
-		}
-		herr = nil
-		return false // incomplete: wait for more bytes
 	})
 	if err != nil {
 		return nil, err // the hello deadline, or the socket was shut down

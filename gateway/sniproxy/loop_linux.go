@@ -70,6 +70,7 @@ type lconn struct {
 	hello     *clienthello.Hello // while dialing: replayed to the backend
 	out       []byte             // preamble bytes still to write
 	cin, cout bool               // client readable / writable (edge-triggered state)
+	chup      bool               // the client's end of stream has been signalled
 	bin, bout bool               // backend readable / writable
 	up, down  ldir
 	queued    bool // on the loop's ready list
@@ -145,6 +146,7 @@ type loop struct {
 	peers    []*loop      // all loops of this Serve, for balance and evictions
 	pendingN atomic.Int32 // published l.hello.n
 	evictReq atomic.Int32 // evictions asked by other loops
+	askedAt  int64        // when this loop last asked another to evict
 	count    atomic.Int32 // connections owned
 
 	inboxMu sync.Mutex
@@ -247,6 +249,7 @@ func (s *Server) newLoop(ctx context.Context, ln syscall.RawConn, n int) (*loop,
 		s: s, ctx: ctx, epfd: epfd, epf: epf, eprc: eprc, wakefd: wakefd, ln: ln, base: time.Now(),
 		events:     make([]unix.EpollEvent, 256),
 		maxPending: (s.cfg.MaxPending + n - 1) / n,
+		askedAt:    -int64(time.Hour),
 		scratch:    make([]byte, 16<<10),
 	}
 	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: dataWake}
@@ -521,6 +524,10 @@ func (l *loop) takeInbox() {
 // askEviction asks the loop with the most pending hellos to evict its
 // oldest one, when this loop has none old enough.
 func (l *loop) askEviction() {
+	if l.now-l.askedAt < int64(100*time.Millisecond) {
+		return // the last request is still being served
+	}
+	l.askedAt = l.now
 	var best *loop
 	for _, p := range l.peers {
 		if p != l && p.pendingN.Load() > 0 && (best == nil || p.pendingN.Load() > best.pendingN.Load()) {
@@ -599,6 +606,7 @@ func (l *loop) event(c *lconn, side int32, ev uint32) {
 	in, out := ev&evIn != 0, ev&evOut != 0
 	if side == 0 {
 		c.cin, c.cout = c.cin || in, c.cout || out
+		c.chup = c.chup || ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0
 	} else {
 		c.bin, c.bout = c.bin || in, c.bout || out
 	}
@@ -640,9 +648,11 @@ func (l *loop) readHello(c *lconn) {
 					return 0, fmt.Errorf("clienthello: read: %w", err)
 				case n == 0:
 					eof = true
-				case n < len(buf):
+				case n < len(buf) && !c.chup:
 					// A short read took all that was queued; the
 					// edge-triggered registration reports anything newer.
+					// (Not after an end-of-stream edge: that edge may have
+					// come with these bytes, and the EOF is read next.)
 					c.cin = false
 				}
 				return n, nil

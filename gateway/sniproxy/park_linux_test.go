@@ -202,3 +202,7 @@ func TestStalledReaderClosed(t *testing.T) {
 	}
 	waitFor(t, "idle counter", func() bool { return metrics.Value(e.m.IdleClosed) == 1 })
 }
+
+func init() {
+	behaviourTests["StalledReader"] = TestStalledReaderClosed
+}

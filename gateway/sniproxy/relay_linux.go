@@ -124,7 +124,11 @@ func (h *half) run() {
 		}
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			if h.r.idleFor() < h.r.s.cfg.IdleTimeout {
-				continue // the other direction is busy
+				// The other direction is busy: clear the expired
+				// deadline (the next wait arms a new one) and go on.
+				if err := h.src.SetReadDeadline(time.Time{}); err == nil {
+					continue
+				}
 			}
 			err = errStalled
 		}
