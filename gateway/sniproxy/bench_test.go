@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/elacity/pc2/core/metrics"
 	"github.com/elacity/pc2/gateway/clienthello/hellotest"
 	"github.com/elacity/pc2/gateway/sniproxy"
 )
@@ -121,15 +122,56 @@ func BenchmarkRelay(b *testing.B) {
 	})
 }
 
+// memPerConn opens n connections with open (which returns every socket
+// the test holds) and reports the proxy's stack and heap growth per
+// connection once settle holds. The same connections opened without the
+// proxy (direct) are measured too and their heap subtracted, so the figure
+// is the proxy's alone. Only the first round is measured: later rounds
+// reuse the stacks and spans freed by earlier ones.
+func memPerConn(b *testing.B, n int, cfg sniproxy.Config, open func(b *testing.B, addr string, backend net.Listener) []net.Conn, settle func(e *env) bool) {
+	measure := func(f func()) (stack, heap float64) {
+		var ms0, ms1 runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&ms0)
+		f()
+		runtime.GC()
+		runtime.ReadMemStats(&ms1)
+		return float64(int64(ms1.StackInuse)-int64(ms0.StackInuse)) / float64(n), float64(int64(ms1.HeapAlloc)-int64(ms0.HeapAlloc)) / float64(n)
+	}
+	var stackPer, heapPer float64
+	first := true
+	for b.Loop() {
+		b.StopTimer()
+		ln := listen(b)
+		var direct []net.Conn
+		_, directHeap := measure(func() { direct = open(b, ln.Addr().String(), ln) })
+		e := startProxy(b, cfg, false)
+		b.StartTimer()
+		var keep []net.Conn
+		stack, heap := measure(func() {
+			keep = open(b, e.proxyAddr, e.backend)
+			waitFor(b, "connections to settle", func() bool { return settle(e) })
+		})
+		b.StopTimer()
+		if first {
+			stackPer, heapPer = stack, heap-directHeap
+			first = false
+		}
+		for _, c := range append(keep, direct...) {
+			c.Close()
+		}
+		b.StartTimer()
+	}
+	b.ReportMetric(stackPer, "stack-B/conn")
+	b.ReportMetric(heapPer, "heap-B/conn")
+}
+
 // BenchmarkIdleConnections reports the memory an idle relayed connection
-// costs the proxy once it has parked: goroutine stacks, and heap (the
-// test's own client and backend sockets are measured without the proxy
-// and subtracted).
+// costs the proxy: on the event loops, and on the goroutine path once its
+// connections have parked.
 func BenchmarkIdleConnections(b *testing.B) {
 	const n = 1000
 	hello := hellotest.ChromeLike(testName)
-	// open makes n client/backend pairs, through addr when proxied, and
-	// returns every socket the test holds.
 	open := func(b *testing.B, addr string, backend net.Listener) []net.Conn {
 		backends := rawBackend(backend)
 		keep := make([]net.Conn, 0, 2*n)
@@ -156,43 +198,44 @@ func BenchmarkIdleConnections(b *testing.B) {
 		}
 		return keep
 	}
-	measure := func(f func()) (stack, heap float64) {
-		var ms0, ms1 runtime.MemStats
-		runtime.GC()
-		runtime.ReadMemStats(&ms0)
-		f()
-		runtime.GC()
-		runtime.ReadMemStats(&ms1)
-		return float64(int64(ms1.StackInuse)-int64(ms0.StackInuse)) / n, float64(int64(ms1.HeapAlloc)-int64(ms0.HeapAlloc)) / n
-	}
-	// Only the first round is measured: later rounds reuse the stacks and
-	// spans freed by earlier ones.
-	var stackPer, heapPer float64
-	first := true
-	for b.Loop() {
-		b.StopTimer()
-		ln := listen(b)
-		var direct []net.Conn
-		_, directHeap := measure(func() { direct = open(b, ln.Addr().String(), ln) })
-		e := startProxy(b, sniproxy.Config{MaxPendingPerIP: n, ParkAfter: 20 * time.Millisecond}, false)
-		g0 := runtime.NumGoroutine()
-		b.StartTimer()
-		var keep []net.Conn
-		stack, heap := measure(func() {
-			keep = open(b, e.proxyAddr, e.backend)
-			// Parked: the relay goroutines are gone.
-			waitFor(b, "idle connections to park", func() bool { return runtime.NumGoroutine() <= g0+5 })
+	for _, mode := range []string{"loops", "goroutines"} {
+		b.Run(mode, func(b *testing.B) {
+			cfg := sniproxy.Config{MaxPendingPerIP: n, ParkAfter: 20 * time.Millisecond}
+			if mode == "goroutines" {
+				cfg.Dial = plainDial
+			}
+			g0 := runtime.NumGoroutine()
+			memPerConn(b, n, cfg, open, func(*env) bool { return runtime.NumGoroutine() <= g0+10 })
 		})
-		b.StopTimer()
-		if first {
-			stackPer, heapPer = stack, heap-directHeap
-			first = false
-		}
-		for _, c := range append(keep, direct...) {
-			c.Close()
-		}
-		b.StartTimer()
 	}
-	b.ReportMetric(stackPer, "stack-B/conn")
-	b.ReportMetric(heapPer, "heap-B/conn")
+}
+
+// BenchmarkPendingConnections reports the memory a connection costs while
+// it has sent 100 bytes of its ClientHello and nothing more (slowloris).
+func BenchmarkPendingConnections(b *testing.B) {
+	const n = 1000
+	partial := hellotest.ChromeLike(testName)[:100]
+	for _, mode := range []string{"loops", "goroutines"} {
+		b.Run(mode, func(b *testing.B) {
+			open := func(b *testing.B, addr string, backend net.Listener) []net.Conn {
+				keep := make([]net.Conn, 0, n)
+				for range n {
+					c, err := net.Dial("tcp", addr)
+					if err != nil {
+						b.Fatal(err)
+					}
+					if _, err := c.Write(partial); err != nil {
+						b.Fatal(err)
+					}
+					keep = append(keep, c)
+				}
+				return keep
+			}
+			cfg := sniproxy.Config{MaxPendingPerIP: n, HelloTimeout: time.Minute}
+			if mode == "goroutines" {
+				cfg.Dial = plainDial
+			}
+			memPerConn(b, n, cfg, open, func(e *env) bool { return metrics.Value(e.m.Pending) == n })
+		})
+	}
 }
