@@ -206,3 +206,46 @@ func TestStalledReaderClosed(t *testing.T) {
 func init() {
 	behaviourTests["StalledReader"] = TestStalledReaderClosed
 }
+
+// TestServeReturnsWhenListenerClosed checks that closing the listener
+// under a running Serve makes it return an error, on both paths.
+func TestServeReturnsWhenListenerClosed(t *testing.T) {
+	for _, mode := range []string{"goroutines", "loops"} {
+		t.Run(mode, func(t *testing.T) {
+			cfg := sniproxy.Config{Router: staticRouter{}}
+			if mode == "goroutines" {
+				cfg.Dial = plainDial
+			}
+			srv, err := sniproxy.New(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ln := listen(t)
+			done := make(chan error, 1)
+			go func() { done <- srv.Serve(context.Background(), ln) }()
+			// A first connection, answered with an alert, proves Serve is
+			// accepting and has gone back to waiting.
+			c, err := net.DialTimeout("tcp", ln.Addr().String(), 5*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+			if _, err := c.Write(hellotest.ChromeLike("nobody.ela.test")); err != nil {
+				t.Fatal(err)
+			}
+			if got, _ := io.ReadAll(c); len(got) == 0 {
+				t.Fatal("no alert for an unknown name")
+			}
+			c.Close()
+			ln.Close()
+			select {
+			case err := <-done:
+				if err == nil {
+					t.Fatal("Serve returned nil after its listener was closed")
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("Serve did not return after its listener was closed")
+			}
+		})
+	}
+}
