@@ -58,8 +58,13 @@ func benchConnSetup(b *testing.B, addr string, hello []byte) {
 // include the client's and the sink's.
 func BenchmarkConnSetup(b *testing.B) {
 	hello := hellotest.MustCapture(hellotest.Configs(testName)["default"])
-	b.Run("proxy", func(b *testing.B) {
+	b.Run("loops", func(b *testing.B) {
 		e := startProxy(b, sniproxy.Config{}, false)
+		helloSink(b, e.backend, len(hello))
+		benchConnSetup(b, e.proxyAddr, hello)
+	})
+	b.Run("goroutines", func(b *testing.B) {
+		e := startProxy(b, sniproxy.Config{Dial: plainDial}, false)
 		helloSink(b, e.backend, len(hello))
 		benchConnSetup(b, e.proxyAddr, hello)
 	})
@@ -98,6 +103,7 @@ func BenchmarkRelay(b *testing.B) {
 		}()
 		b.SetBytes(size)
 		b.ReportAllocs()
+		buf := make([]byte, 256<<10)
 		for b.Loop() {
 			c, err := net.Dial("tcp", addr)
 			if err != nil {
@@ -106,14 +112,18 @@ func BenchmarkRelay(b *testing.B) {
 			if _, err := c.Write(hello); err != nil {
 				b.Fatal(err)
 			}
-			if n, err := io.Copy(io.Discard, c); err != nil || n != size {
+			if n, err := io.CopyBuffer(io.Discard, onlyReader{c}, buf); err != nil || n != size {
 				b.Fatalf("got %d bytes, %v", n, err)
 			}
 			c.Close()
 		}
 	}
-	b.Run("proxy", func(b *testing.B) {
+	b.Run("loops", func(b *testing.B) {
 		e := startProxy(b, sniproxy.Config{}, false)
+		run(b, e.proxyAddr, e.backend)
+	})
+	b.Run("goroutines", func(b *testing.B) {
+		e := startProxy(b, sniproxy.Config{Dial: plainDial}, false)
 		run(b, e.proxyAddr, e.backend)
 	})
 	b.Run("direct", func(b *testing.B) {
@@ -128,7 +138,7 @@ func BenchmarkRelay(b *testing.B) {
 // proxy (direct) are measured too and their heap subtracted, so the figure
 // is the proxy's alone. Only the first round is measured: later rounds
 // reuse the stacks and spans freed by earlier ones.
-func memPerConn(b *testing.B, n int, cfg sniproxy.Config, open func(b *testing.B, addr string, backend net.Listener) []net.Conn, settle func(e *env) bool) {
+func memPerConn(b *testing.B, n int, cfg sniproxy.Config, open func(b *testing.B, addr string, backend net.Listener) []net.Conn, settle func(e *env, g0 int) bool) {
 	measure := func(f func()) (stack, heap float64) {
 		var ms0, ms1 runtime.MemStats
 		runtime.GC()
@@ -146,11 +156,12 @@ func memPerConn(b *testing.B, n int, cfg sniproxy.Config, open func(b *testing.B
 		var direct []net.Conn
 		_, directHeap := measure(func() { direct = open(b, ln.Addr().String(), ln) })
 		e := startProxy(b, cfg, false)
+		g0 := runtime.NumGoroutine()
 		b.StartTimer()
 		var keep []net.Conn
 		stack, heap := measure(func() {
 			keep = open(b, e.proxyAddr, e.backend)
-			waitFor(b, "connections to settle", func() bool { return settle(e) })
+			waitFor(b, "connections to settle", func() bool { return settle(e, g0) })
 		})
 		b.StopTimer()
 		if first {
@@ -160,6 +171,7 @@ func memPerConn(b *testing.B, n int, cfg sniproxy.Config, open func(b *testing.B
 		for _, c := range append(keep, direct...) {
 			c.Close()
 		}
+		e.stop()
 		b.StartTimer()
 	}
 	b.ReportMetric(stackPer, "stack-B/conn")
@@ -204,8 +216,7 @@ func BenchmarkIdleConnections(b *testing.B) {
 			if mode == "goroutines" {
 				cfg.Dial = plainDial
 			}
-			g0 := runtime.NumGoroutine()
-			memPerConn(b, n, cfg, open, func(*env) bool { return runtime.NumGoroutine() <= g0+10 })
+			memPerConn(b, n, cfg, open, func(_ *env, g0 int) bool { return runtime.NumGoroutine() <= g0+10 })
 		})
 	}
 }
@@ -235,7 +246,13 @@ func BenchmarkPendingConnections(b *testing.B) {
 			if mode == "goroutines" {
 				cfg.Dial = plainDial
 			}
-			memPerConn(b, n, cfg, open, func(e *env) bool { return metrics.Value(e.m.Pending) == n })
+			memPerConn(b, n, cfg, open, func(e *env, _ int) bool { return metrics.Value(e.m.Pending) == n })
 		})
 	}
 }
+
+// onlyReader hides io.WriterTo so that CopyBuffer reads in 256 KiB
+// chunks (io.Discard's ReadFrom would read 8 KiB at a time).
+type onlyReader struct{ r io.Reader }
+
+func (o onlyReader) Read(p []byte) (int, error) { return o.r.Read(p) }

@@ -28,6 +28,8 @@ type Target struct {
 
 // Router maps a TLS server name (lowercase, validated) to a Target. It
 // returns an error wrapping ErrUnknownName when nothing serves the name.
+// Route is called on an event loop that serves thousands of connections:
+// it must answer from memory, without I/O.
 type Router interface {
 	Route(ctx context.Context, serverName string) (Target, error)
 }
@@ -51,9 +53,10 @@ type Config struct {
 	HelloTimeout time.Duration // 5 s: time allowed for the whole ClientHello
 	DialTimeout  time.Duration // 5 s
 	IdleTimeout  time.Duration // 10 min without a byte either way; <0 disables
-	// ParkAfter is how long a relayed connection may be quiet before its
-	// goroutines are released and its sockets wait in the shared epoll set
-	// (Linux); <0 never parks.
+	// ParkAfter applies to the goroutine path (see the package doc): how
+	// long a relayed direction may be quiet before its goroutine is
+	// released and its socket waits in the shared epoll set (Linux); <0
+	// never parks. The event loops hold no goroutine per connection.
 	ParkAfter time.Duration // 1 s
 
 	// MaxConns bounds connections at once, relayed and pending. When it is
@@ -64,12 +67,14 @@ type Config struct {
 	// MaxPending bounds connections still sending their ClientHello; beyond
 	// it the oldest pending connection is closed for each new one, so
 	// connections that never finish their hello cannot lock others out.
+	// The event loops split it evenly between them.
 	MaxPending      int // MaxConns
 	MaxPendingPerIP int // 32 connections per source IP still sending their hello
 
-	// Dial opens the backend connection; nil uses a net.Dialer without
-	// TCP keep-alive (the idle timeout covers dead peers). Returning a
-	// *net.TCPConn keeps the splice path.
+	// Dial opens the backend connection. nil: the event loops connect
+	// themselves (Linux; host-name targets go through a net.Dialer),
+	// without TCP keep-alive (the idle timeout covers dead peers). Setting
+	// it selects the goroutine path; returning a *net.TCPConn keeps splice.
 	Dial    func(ctx context.Context, addr string) (net.Conn, error)
 	Metrics *Metrics     // nil: no metrics
 	Logger  *slog.Logger // nil: no logs

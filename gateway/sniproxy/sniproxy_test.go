@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -31,6 +32,7 @@ type env struct {
 	backend   net.Listener
 	set       *metrics.Registry
 	m         *sniproxy.Metrics
+	stop      func() // stops Serve and waits for it; also run at cleanup
 }
 
 type staticRouter struct {
@@ -78,17 +80,21 @@ func startProxy(t testing.TB, cfg sniproxy.Config, proxyProto bool) *env {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx, ln) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Serve: %v", err)
+	var once sync.Once
+	e.stop = func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("Serve: %v", err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Errorf("Serve did not return after cancel")
 			}
-		case <-time.After(10 * time.Second):
-			t.Errorf("Serve did not return after cancel")
-		}
-	})
+		})
+	}
+	t.Cleanup(e.stop)
 	return e
 }
 
