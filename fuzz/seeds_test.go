@@ -14,6 +14,7 @@ func TestWriteSeedCorpus(t *testing.T) {
 	targets := map[string][][]byte{
 		"FuzzClientHello":  clientHelloSeeds(),
 		"FuzzProxyProtoV2": proxyProtoSeeds(),
+		"FuzzSTUNAnswer":   stunSeeds(),
 	}
 	for name, seeds := range targets {
 		dir := filepath.Join("testdata", "fuzz", name)
