@@ -238,22 +238,34 @@ func (r *Rules) Zone(s string) (head, suffix string, ok bool) {
 // case) and Host headers. Look the result up as m[string(b)], which Go
 // does without allocating. ok is false when s is empty after trimming or
 // longer than buf (use a [MaxName]byte array: longer is never a name).
-func Fold(buf []byte, s string) (b []byte, ok bool) {
-	if strings.HasPrefix(s, "[") {
-		if i := strings.IndexByte(s, ']'); i > 0 {
-			s = s[:i+1] // [IPv6]:port: never a name, but folded consistently
+func Fold[S ~string | ~[]byte](buf []byte, s S) (b []byte, ok bool) {
+	n := len(s)
+	if n > 0 && s[0] == '[' {
+		for i := 1; i < n; i++ {
+			if s[i] == ']' {
+				n = i + 1 // [IPv6]:port: never a name, but folded consistently
+				break
+			}
 		}
-	} else if i := strings.LastIndexByte(s, ':'); i >= 0 && strings.IndexByte(s[:i], ':') < 0 {
-		s = s[:i] // host:port; a bare IPv6 literal has more colons and is left whole
+	} else {
+		colons, last := 0, -1
+		for i := 0; i < n; i++ {
+			if s[i] == ':' {
+				colons, last = colons+1, i
+			}
+		}
+		if colons == 1 {
+			n = last // host:port; a bare IPv6 literal has more colons and stays whole
+		}
 	}
-	if n := len(s); n > 0 && s[n-1] == '.' {
-		s = s[:n-1]
+	if n > 0 && s[n-1] == '.' {
+		n--
 	}
-	if s == "" || len(s) > len(buf) {
+	if n == 0 || n > len(buf) {
 		return nil, false
 	}
-	b = buf[:len(s)]
-	for i := 0; i < len(s); i++ {
+	b = buf[:n]
+	for i := 0; i < n; i++ {
 		c := s[i]
 		if c >= 'A' && c <= 'Z' {
 			c += 'a' - 'A'
