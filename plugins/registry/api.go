@@ -13,6 +13,7 @@ import (
 
 	"github.com/elacity/pc2/core/identity"
 	"github.com/elacity/pc2/core/ratelimit"
+	"github.com/elacity/pc2/gateway/connlimit"
 	"github.com/elacity/pc2/plugins/registry/wire"
 )
 
@@ -62,6 +63,7 @@ func (o *APIOptions) defaults() {
 // Every answer is a wire.Response.
 type API struct {
 	reg     *Registry
+	o       APIOptions
 	ipLimit *ratelimit.Limiter[netip.Addr]
 	srv     *fasthttp.Server
 }
@@ -69,7 +71,7 @@ type API struct {
 // NewAPI returns the API of reg.
 func NewAPI(reg *Registry, o APIOptions) *API {
 	o.defaults()
-	a := &API{reg: reg, ipLimit: ratelimit.New[netip.Addr](o.RatePerIP, o.BurstPerIP, o.MaxSources)}
+	a := &API{reg: reg, o: o, ipLimit: ratelimit.New[netip.Addr](o.RatePerIP, o.BurstPerIP, o.MaxSources)}
 	a.srv = &fasthttp.Server{
 		Handler:               a.Handle,
 		ErrorHandler:          a.handleError,
@@ -78,7 +80,6 @@ func NewAPI(reg *Registry, o APIOptions) *API {
 		WriteTimeout:          o.WriteTimeout,
 		IdleTimeout:           o.IdleTimeout,
 		Concurrency:           o.MaxConns,
-		MaxConnsPerIP:         o.MaxConnsPerIP,
 		ReadBufferSize:        o.MaxHeaderBytes,
 		MaxRequestBodySize:    wire.MaxRequestSize,
 		NoDefaultContentType:  true,
@@ -94,8 +95,11 @@ type discardLogger struct{}
 
 func (discardLogger) Printf(string, ...any) {}
 
-// Serve answers requests on ln until Shutdown.
-func (a *API) Serve(ln net.Listener) error { return a.srv.Serve(ln) }
+// Serve answers requests on ln until Shutdown, with at most MaxConns
+// connections, MaxConnsPerIP from one source.
+func (a *API) Serve(ln net.Listener) error {
+	return a.srv.Serve(connlimit.New(ln, a.o.MaxConns, a.o.MaxConnsPerIP))
+}
 
 // Shutdown stops accepting, lets open requests finish until ctx ends,
 // then closes everything.
@@ -116,25 +120,10 @@ var httpStatus = map[wire.Code]int{
 	wire.CodeUnavailable:  fasthttp.StatusServiceUnavailable,
 }
 
-// sourceKey is the rate-limit key of a client: its IPv4 address, or the
-// /64 of its IPv6 address (one subscriber usually holds a whole /64).
-func sourceKey(addr net.Addr) netip.Addr {
-	var a netip.Addr
-	if t, ok := addr.(*net.TCPAddr); ok {
-		a, _ = netip.AddrFromSlice(t.IP)
-	}
-	a = a.Unmap()
-	if a.Is6() {
-		p, _ := a.Prefix(64)
-		a = p.Addr()
-	}
-	return a
-}
-
 // Handle serves one request.
 func (a *API) Handle(ctx *fasthttp.RequestCtx) {
 	now := a.reg.o.Clock.Now()
-	if !a.ipLimit.Allow(sourceKey(ctx.RemoteAddr()), now) {
+	if !a.ipLimit.Allow(connlimit.Source(ctx.RemoteAddr()), now) {
 		a.reg.m.outcome("invalid", refuse(wire.CodeRateLimited, ""))
 		a.fail(ctx, refuse(wire.CodeRateLimited, "too many requests from this address"))
 		return
