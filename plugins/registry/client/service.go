@@ -160,7 +160,7 @@ func (s *Service) run(cl *Client, c Config, clk clock.Clock, log *slog.Logger) {
 			}
 			s.mu.Unlock()
 		}
-		t.Reset(max(next.Sub(clk.Now()), time.Second))
+		t.Reset(max(next.Sub(clk.Now()), 0)) // every due name was just moved into the future
 	}
 }
 

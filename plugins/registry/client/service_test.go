@@ -121,9 +121,12 @@ names:
 `, api, web.Addr()), config.RoleNode, clk, names)
 
 	eventually(t, "registration at start", func() bool {
-		_, ok := reg.TLSTarget("alice.pc2.localhost")
-		return ok
+		st := names.Status()
+		return len(st) == 1 && !st[0].Expires.IsZero()
 	})
+	if _, ok := reg.TLSTarget("alice.pc2.localhost"); !ok {
+		t.Fatal("acknowledged but not routed")
+	}
 	st := names.Status()
 	if len(st) != 1 || st[0].Err != nil || !st[0].Expires.Equal(time.Unix(clk.Now().Unix(), 0).Add(240*time.Hour)) {
 		t.Fatalf("status %+v", st)
