@@ -179,7 +179,7 @@ func (a *API) write(ctx *fasthttp.RequestCtx) {
 		a.fail(ctx, refuse(code, "%v", err))
 		return
 	}
-	rec, err := a.reg.Apply(context.Background(), q)
+	rec, err := a.reg.Apply(context.Background(), q) // not ctx: fasthttp's RequestCtx as a context races with Shutdown
 	if err != nil {
 		a.fail(ctx, err)
 		return

@@ -330,8 +330,7 @@ func (r *Registry) List(id identity.ID) ([]wire.Record, error) {
 	return out, nil
 }
 
-// Apply checks a decoded request (wire.Decode has run Check) and carries
-// it out. When it returns a record, the change is on disk. A refusal is
+// Apply checks a request and carries it out. When it returns a record, the change is on disk. A refusal is
 // an *Error and changes nothing.
 func (r *Registry) Apply(ctx context.Context, q *wire.Request) (*wire.Record, error) {
 	now := r.o.Clock.Now()
@@ -357,6 +356,9 @@ func (r *Registry) Apply(ctx context.Context, q *wire.Request) (*wire.Record, er
 }
 
 func (r *Registry) apply(q *wire.Request, now time.Time) (*wire.Record, error) {
+	if err := q.Check(); err != nil { // done by wire.Decode; repeated for direct callers
+		return nil, refuse(wire.CodeBadRequest, "%v", err)
+	}
 	n, err := r.o.Rules.Parse(q.Name)
 	if err != nil {
 		return nil, refuse(wire.CodeBadRequest, "%v", err)
