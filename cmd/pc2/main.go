@@ -25,6 +25,8 @@ type command struct {
 	run     func(ctx context.Context, io *stdio, fs *flag.FlagSet, args []string) error
 	subs    []*command
 	hidden  bool
+	// passThrough commands parse their own arguments, --help included.
+	passThrough bool
 }
 
 // stdio is the process's standard streams, replaceable in tests.
@@ -98,6 +100,16 @@ func execute(ctx context.Context, std *stdio, args []string) int {
 			break
 		}
 		cmd, path, rest = sub, path+" "+sub.name, rest[1:]
+	}
+	if cmd.passThrough {
+		if err := cmd.run(ctx, std, nil, rest); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return 0
+			}
+			fmt.Fprintf(std.err, "%s: %v\n", path, err)
+			return 1
+		}
+		return 0
 	}
 	fs := flag.NewFlagSet(path, flag.ContinueOnError)
 	fs.SetOutput(std.err)
