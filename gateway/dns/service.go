@@ -40,9 +40,7 @@ func LoadConfig(h host.Handle) (Config, error) {
 		return c, err
 	}
 	var errs []error
-	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
-		errs = append(errs, sec.Errorf("listen", fmt.Sprintf("%q is not host:port", c.Listen)))
-	}
+	errs = append(errs, sec.CheckHostPort("listen", c.Listen))
 	if len(c.Addresses) == 0 {
 		errs = append(errs, sec.Errorf("addresses", "list this supernode's public IP addresses"))
 	}

@@ -39,21 +39,15 @@ func LoadConfig(h host.Handle) (Config, error) {
 		return c, err
 	}
 	var errs []error
-	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
-		errs = append(errs, sec.Errorf("listen", fmt.Sprintf("%q is not host:port", c.Listen)))
-	}
+	errs = append(errs, sec.CheckHostPort("listen", c.Listen))
 	if c.MaxHeaderBytes < 1024 || c.MaxHeaderBytes > 1<<20 {
 		errs = append(errs, sec.Errorf("maxHeaderBytes", "must be within [1 KiB, 1 MiB]"))
 	}
 	if c.MaxBodyBytes < 1 {
 		errs = append(errs, sec.Errorf("maxBodyBytes", "must be positive"))
 	}
-	for field, d := range map[string]time.Duration{"headerTimeout": c.HeaderTimeout, "bodyTimeout": c.BodyTimeout,
-		"writeTimeout": c.WriteTimeout, "idleTimeout": c.IdleTimeout, "dialTimeout": c.DialTimeout, "backendTimeout": c.BackendTimeout} {
-		if d <= 0 || d > 24*time.Hour {
-			errs = append(errs, sec.Errorf(field, fmt.Sprintf("%v is outside (0, 24h]", d)))
-		}
-	}
+	errs = append(errs, sec.CheckDurations(24*time.Hour, map[string]time.Duration{"headerTimeout": c.HeaderTimeout, "bodyTimeout": c.BodyTimeout,
+		"writeTimeout": c.WriteTimeout, "idleTimeout": c.IdleTimeout, "dialTimeout": c.DialTimeout, "backendTimeout": c.BackendTimeout}))
 	for field, n := range map[string]int{"maxConns": c.MaxConns, "maxConnsPerIP": c.MaxConnsPerIP, "maxConnsPerBackend": c.MaxConnsPerBackend} {
 		if n < 1 {
 			errs = append(errs, sec.Errorf(field, "must be at least 1"))

@@ -75,14 +75,8 @@ func loadServiceConfig(h host.Handle) (ServiceConfig, error) {
 		return c, err
 	}
 	var errs []error
-	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
-		errs = append(errs, sec.Errorf("listen", fmt.Sprintf("%q is not host:port", c.Listen)))
-	}
-	for field, d := range map[string]time.Duration{"helloTimeout": c.HelloTimeout, "dialTimeout": c.DialTimeout} {
-		if d <= 0 || d > time.Minute {
-			errs = append(errs, sec.Errorf(field, fmt.Sprintf("%v is outside (0, 1m]", d)))
-		}
-	}
+	errs = append(errs, sec.CheckHostPort("listen", c.Listen))
+	errs = append(errs, sec.CheckDurations(time.Minute, map[string]time.Duration{"helloTimeout": c.HelloTimeout, "dialTimeout": c.DialTimeout}))
 	if c.MaxConns < 1 || c.MaxPendingPerIP < 1 {
 		errs = append(errs, sec.Errorf("maxConns", "maxConns and maxPendingPerIP must be at least 1"))
 	}

@@ -113,9 +113,7 @@ func LoadConfig(h host.Handle) (Config, *names.Rules, error) {
 	if err != nil {
 		errs = append(errs, sec.Errorf("domains", err.Error()))
 	}
-	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
-		errs = append(errs, sec.Errorf("listen", fmt.Sprintf("%q is not host:port", c.Listen)))
-	}
+	errs = append(errs, sec.CheckHostPort("listen", c.Listen))
 	if c.Lifetime < time.Hour || c.Lifetime > 366*24*time.Hour {
 		errs = append(errs, sec.Errorf("lifetime", fmt.Sprintf("%v is outside [1h, 366d]", c.Lifetime)))
 	}
