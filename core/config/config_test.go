@@ -155,6 +155,10 @@ func TestSectionChecks(t *testing.T) {
 		t.Fatal(err)
 	}
 	sec := c.Section("svc")
+	var raw map[string]any
+	if err := sec.Decode(&raw); err != nil { // a service decodes before it validates
+		t.Fatal(err)
+	}
 	if err := sec.CheckHostPort("listen", "nowhere"); err == nil || !strings.Contains(err.Error(), "pc2.yaml:2: svc.listen:") {
 		t.Fatalf("CheckHostPort = %v", err)
 	}
