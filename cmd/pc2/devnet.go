@@ -9,6 +9,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -168,13 +169,26 @@ func stopAll(procs []*devProc, std *stdio) {
 
 func printDevnet(w io.Writer, procs []*devProc, dataRoot string) {
 	var b bytes.Buffer
+	super, alice := procs[0].info, procs[1]
 	fmt.Fprintf(&b, "\nPC2 devnet is up (data in %s)\n\n", dataRoot)
 	for _, p := range procs {
-		fmt.Fprintf(&b, "  %-9s %-9s %s\n            metrics  %s\n", p.name, p.role, p.info.DID, p.info.Metrics)
+		fmt.Fprintf(&b, "  %-9s %-9s %s\n", p.name, p.role, p.info.DID)
 	}
+	fmt.Fprintf(&b, "\nSupernode endpoints:\n")
+	for _, k := range []string{"registry.api", "sni.listen", "http.listen", "dns.listen"} {
+		if v := super.Extra[k]; v != "" {
+			fmt.Fprintf(&b, "  %-13s %s\n", k, v)
+		}
+	}
+	fmt.Fprintf(&b, "  %-13s %s\n", "metrics", super.Metrics)
+	self := os.Args[0]
 	fmt.Fprintf(&b, "\nTry:\n")
-	fmt.Fprintf(&b, "  curl -s %s | grep ^pc2_\n", procs[0].info.Metrics)
-	fmt.Fprintf(&b, "  %s id show --data %s\n", os.Args[0], filepath.Join(dataRoot, procs[1].name))
+	fmt.Fprintf(&b, "  %s name register alice.pc2.localhost --target 127.0.0.1:8443 --registry %s --data %s\n", self, super.Extra["registry.api"], alice.info.DataDir)
+	fmt.Fprintf(&b, "  %s name list --registry %s --data %s\n", self, super.Extra["registry.api"], alice.info.DataDir)
+	if _, dnsPort, err := net.SplitHostPort(super.Extra["dns.listen"]); err == nil {
+		fmt.Fprintf(&b, "  dig @127.0.0.1 -p %s alice.pc2.localhost +short\n", dnsPort)
+	}
+	fmt.Fprintf(&b, "  curl -s %s | grep ^pc2_\n", super.Metrics)
 	fmt.Fprintf(&b, "\nPress Ctrl-C to stop.\n\n")
 	w.Write(b.Bytes())
 }

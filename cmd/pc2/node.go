@@ -8,6 +8,11 @@ import (
 
 	"github.com/elacity/pc2/core/config"
 	"github.com/elacity/pc2/core/host"
+	"github.com/elacity/pc2/gateway/dns"
+	"github.com/elacity/pc2/gateway/httproute"
+	"github.com/elacity/pc2/gateway/sniproxy"
+	"github.com/elacity/pc2/plugins/registry"
+	"github.com/elacity/pc2/plugins/registry/client"
 )
 
 type role struct {
@@ -25,18 +30,23 @@ var roleSupernode = role{
 	help: `A supernode needs nothing else running. With --dev it starts with no
 config file: state in a temporary directory, metrics on a free loopback
 port. The gateway, tunnels, registry, DNS and DHT services are added to the
-supernode as they land (see the README's roadmap); today it runs the core
-host: identity, storage, metrics and graceful shutdown.`,
-	services: func() []host.Service { return nil },
+supernode as they land (see the README's roadmap). It runs: the name
+registry API (section registry), authoritative DNS (dns), plain HTTP routed
+by Host (http) and TLS passthrough routed by SNI (sni).`,
+	services: func() []host.Service {
+		reg := registry.New()
+		// The registry starts first: DNS reads its zones at start.
+		return []host.Service{reg, dns.New(reg), httproute.New(reg), sniproxy.NewService(reg)}
+	},
 }
 
 var roleNode = role{
 	role:    config.RoleNode,
 	summary: "run a user node (Level 1)",
 	help: `A user node exposes local services through supernodes and talks to other
-nodes directly. With --dev it starts with no config file. Today it runs the
-core host: identity, storage, metrics and graceful shutdown.`,
-	services: func() []host.Service { return nil },
+nodes directly. With --dev it starts with no config file. It keeps the names
+of its "names" section registered at a supernode and renews them.`,
+	services: func() []host.Service { return []host.Service{client.NewService()} },
 }
 
 func nodeCommand(r role) *command {
