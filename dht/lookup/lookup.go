@@ -44,8 +44,14 @@ type Config struct {
 	// NoBurst keeps α queries in flight to the end instead of asking the
 	// rest of the k closest at once when progress stalls.
 	NoBurst bool
-	// Timeout returns the deadline for a query to c; nil means 1 s.
+	// Timeout returns the adaptive (soft) timeout for a query to c; nil
+	// means 1 s. When it passes, the query stops holding one of the α
+	// slots, but its answer is still awaited until the hard deadline,
+	// HardFactor times later; only then has the node failed. So a slow
+	// live node delays a lookup instead of silently dropping out of it.
 	Timeout func(c routing.Contact) time.Duration
+	// HardFactor multiplies the soft timeout into the hard deadline (3).
+	HardFactor int
 }
 
 func (c *Config) setDefaults() {
@@ -60,6 +66,7 @@ func (c *Config) setDefaults() {
 	def(&c.Confirm, c.K)
 	c.Confirm = min(c.Confirm, c.K)
 	def(&c.MaxPerResponse, c.K)
+	def(&c.HardFactor, 3)
 	def(&c.Candidates, min(3*c.K, 128))
 	c.Candidates = max(c.Candidates, c.K)
 }
@@ -69,6 +76,7 @@ type state uint8
 const (
 	fresh state = iota
 	inflight
+	slow // past its soft timeout, still awaited
 	answered
 	failed
 )
@@ -77,7 +85,8 @@ type candidate struct {
 	routing.Contact
 	dist     [4]uint64 // XOR distance to the target, big-endian words
 	sent     int64     // unix ns
-	deadline int64     // unix ns
+	soft     int64     // unix ns: soft timeout
+	deadline int64     // unix ns: hard deadline
 	token    int32
 	hop      uint8 // 1 for seeds, referrer's hop + 1 otherwise
 	state    state
@@ -95,10 +104,13 @@ type path struct {
 }
 
 // Query is a FIND_NODE the driver must send now and later report with
-// OnResponse or OnFailure (at the latest at Deadline).
+// OnResponse or OnFailure (at the latest at Deadline). The driver must
+// also call Next again at SoftDeadline (NextDeadline tells when), so the
+// lookup can move on while the query is slow.
 type Query struct {
-	To       routing.Contact
-	Deadline time.Time
+	To           routing.Contact
+	SoftDeadline time.Time
+	Deadline     time.Time
 }
 
 // Found is a node of the result.
@@ -113,7 +125,8 @@ type Found struct {
 type Stats struct {
 	Queries   int // FIND_NODE requests sent
 	Answers   int // answers received (late ones included)
-	Failures  int // timeouts and errors
+	Failures  int // hard timeouts and errors
+	Slow      int // queries that passed their soft timeout
 	Dropped   int // contacts refused from answers (bounds, self, bogons)
 	Hops      int // hop of the closest node found (seeds are hop 1)
 	MaxHops   int // largest hop among the result
@@ -186,12 +199,25 @@ func (l *Lookup) valid(c routing.Contact) bool {
 	return c.ID != l.cfg.Self && !c.ID.IsZero() && routing.Routable(c.Addr, l.cfg.DeveloperMode) == nil
 }
 
-// locate finds id on any path: path index and position, or -1.
-func (l *Lookup) locate(id identity.ID, d [4]uint64) (int, int) {
+// search returns where d is or would be in the path's sorted list.
+func (pa *path) search(d [4]uint64) (int, bool) {
+	lo, hi := 0, len(pa.cands)
+	for lo < hi {
+		m := int(uint(lo+hi) >> 1)
+		if less(pa.cands[m].dist, d) {
+			lo = m + 1
+		} else {
+			hi = m
+		}
+	}
+	return lo, lo < len(pa.cands) && pa.cands[lo].dist == d
+}
+
+// locate finds id on any path: path index and position, or -1. Equal
+// distance to the target means equal id.
+func (l *Lookup) locate(d [4]uint64) (int, int) {
 	for p := range l.paths {
-		cs := l.paths[p].cands
-		i, found := slices.BinarySearchFunc(cs, d, func(c candidate, d [4]uint64) int { return identityCmp(c.dist, d) })
-		if found && cs[i].ID == id {
+		if i, found := l.paths[p].search(d); found {
 			return p, i
 		}
 	}
@@ -202,11 +228,11 @@ func (l *Lookup) locate(id identity.ID, d [4]uint64) (int, int) {
 // fall off the end of a full list. It reports whether c was added.
 func (l *Lookup) insert(p int, c routing.Contact, hop int) bool {
 	d := distance(l.target, c.ID)
-	if q, _ := l.locate(c.ID, d); q >= 0 {
+	if q, _ := l.locate(d); q >= 0 {
 		return false
 	}
 	pa := &l.paths[p]
-	i, _ := slices.BinarySearchFunc(pa.cands, d, func(c candidate, d [4]uint64) int { return identityCmp(c.dist, d) })
+	i, _ := pa.search(d)
 	if len(pa.cands) >= l.cfg.Candidates {
 		if i >= len(pa.cands) {
 			return false
@@ -234,6 +260,7 @@ func (l *Lookup) insert(p int, c routing.Contact, hop int) bool {
 func (l *Lookup) Next(now time.Time, dst []Query) []Query {
 	dst = dst[:0]
 	ns := now.UnixNano()
+	l.expireSoft(ns)
 	for p := range l.paths {
 		pa := &l.paths[p]
 		if pa.done {
@@ -262,11 +289,12 @@ func (l *Lookup) Next(now time.Time, dst []Query) []Query {
 			}
 			c.state = inflight
 			c.sent = ns
-			c.deadline = ns + int64(timeout)
+			c.soft = ns + int64(timeout)
+			c.deadline = ns + int64(timeout)*int64(l.cfg.HardFactor)
 			pa.inflight++
 			pa.queriesOut++
 			l.stats.Queries++
-			dst = append(dst, Query{To: c.Contact, Deadline: time.Unix(0, c.deadline)})
+			dst = append(dst, Query{To: c.Contact, SoftDeadline: time.Unix(0, c.soft), Deadline: time.Unix(0, c.deadline)})
 		}
 	}
 	return dst
@@ -276,7 +304,7 @@ func (l *Lookup) Next(now time.Time, dst []Query) []Query {
 // MaxPerResponse are considered) and an opaque token. A late answer after
 // OnFailure is still used. Answers from nodes never asked are ignored.
 func (l *Lookup) OnResponse(from identity.ID, nodes []routing.Contact, token int32, now time.Time) {
-	p, i := l.locate(from, distance(l.target, from))
+	p, i := l.locate(distance(l.target, from))
 	if p < 0 {
 		return
 	}
@@ -285,7 +313,7 @@ func (l *Lookup) OnResponse(from identity.ID, nodes []routing.Contact, token int
 	switch c.state {
 	case inflight:
 		pa.inflight--
-	case failed:
+	case slow, failed:
 	default:
 		return // never asked, or a duplicate answer
 	}
@@ -320,15 +348,38 @@ func (l *Lookup) OnResponse(from identity.ID, nodes []routing.Contact, token int
 
 // OnFailure records that the query to id timed out or failed.
 func (l *Lookup) OnFailure(id identity.ID, now time.Time) {
-	p, i := l.locate(id, distance(l.target, id))
-	if p < 0 || l.paths[p].cands[i].state != inflight {
+	p, i := l.locate(distance(l.target, id))
+	if p < 0 {
 		return
 	}
 	pa := &l.paths[p]
+	switch pa.cands[i].state {
+	case inflight:
+		pa.inflight--
+	case slow:
+	default:
+		return
+	}
 	pa.cands[i].state = failed
-	pa.inflight--
 	l.stats.Failures++
 	l.checkDone(p)
+}
+
+// expireSoft moves queries past their soft timeout out of the α window.
+func (l *Lookup) expireSoft(ns int64) {
+	for p := range l.paths {
+		pa := &l.paths[p]
+		if pa.inflight == 0 {
+			continue
+		}
+		for i := range pa.cands {
+			if c := &pa.cands[i]; c.state == inflight && c.soft <= ns {
+				c.state = slow
+				pa.inflight--
+				l.stats.Slow++
+			}
+		}
+	}
 }
 
 func (l *Lookup) checkDone(p int) {
@@ -341,7 +392,7 @@ func (l *Lookup) checkDone(p int) {
 		switch pa.cands[i].state {
 		case answered:
 			confirmed++
-		case fresh, inflight:
+		case fresh, inflight, slow:
 			if confirmed < l.cfg.Confirm {
 				open = true
 			}
@@ -354,7 +405,7 @@ func (l *Lookup) checkDone(p int) {
 		pa.done = true
 		return
 	}
-	if !open && pa.inflight == 0 {
+	if !open {
 		pa.done = true
 		l.stats.Exhausted = true
 	}
@@ -370,8 +421,8 @@ func (l *Lookup) Done() bool {
 	return true
 }
 
-// NextDeadline returns the earliest deadline of a query in flight on a
-// path that has not ended.
+// NextDeadline returns the earliest soft timeout of a query in flight on
+// a path that has not ended: when the driver must call Next again.
 func (l *Lookup) NextDeadline() (time.Time, bool) {
 	var first int64
 	found := false
@@ -380,26 +431,12 @@ func (l *Lookup) NextDeadline() (time.Time, bool) {
 			continue
 		}
 		for _, c := range l.paths[p].cands {
-			if c.state == inflight && (!found || c.deadline < first) {
-				first, found = c.deadline, true
+			if c.state == inflight && (!found || c.soft < first) {
+				first, found = c.soft, true
 			}
 		}
 	}
 	return time.Unix(0, first), found
-}
-
-// Expire fails every query whose deadline is not after now, for drivers
-// that poll instead of tracking deadlines one by one.
-func (l *Lookup) Expire(now time.Time) {
-	ns := now.UnixNano()
-	for p := range l.paths {
-		for i := range l.paths[p].cands {
-			c := &l.paths[p].cands[i]
-			if c.state == inflight && c.deadline <= ns {
-				l.OnFailure(c.ID, now)
-			}
-		}
-	}
 }
 
 // Result appends to dst[:0] the K closest nodes found over all paths,

@@ -271,6 +271,23 @@ func (t *Table) insert(c Contact, now int64, verified bool, sample time.Duration
 		t.account(&e, 1)
 		return Added, nil
 	}
+	if need := t.homeNeed(bi); need > 0 && t.amongClosest(b, c.ID, need) {
+		if len(b.entries) < t.cfg.K+need {
+			b.entries = append(b.entries, e)
+			t.size++
+			t.account(&e, 1)
+			return Added, nil
+		}
+		if verified {
+			j := t.farthestFromSelf(b)
+			old := b.entries[j]
+			t.account(&old, -1)
+			b.entries[j] = e
+			t.account(&e, 1)
+			t.cache(b, old) //nolint:errcheck // dropped if the cache is full of verified contacts
+			return Added, nil
+		}
+	}
 	if verified {
 		if j := replaceable(b.entries); j >= 0 {
 			t.account(&b.entries[j], -1)
@@ -280,6 +297,47 @@ func (t *Table) insert(c Contact, now int64, verified bool, sample time.Duration
 		}
 	}
 	return t.cache(b, e)
+}
+
+// homeNeed returns how many of the K contacts closest to our own id must
+// come from bucket bi: K minus what the closer buckets hold. Such a
+// "home" bucket may grow to K+need so the table keeps the K closest nodes
+// it hears of (S/Kademlia's sibling list, mldht's home-bucket splitting),
+// instead of K random ones of the boundary bucket; in a 10,000-node
+// network that is what lets nearly every node know its k closest.
+func (t *Table) homeNeed(bi int) int {
+	if bi == len(t.buckets)-1 {
+		return 0 // the last bucket splits instead
+	}
+	need := t.cfg.K
+	for i := bi + 1; i < len(t.buckets) && need > 0; i++ {
+		need -= len(t.buckets[i].entries)
+	}
+	return max(need, 0)
+}
+
+// amongClosest reports whether id would be among the need contacts of b
+// closest to our own id.
+func (t *Table) amongClosest(b *bucket, id identity.ID, need int) bool {
+	closer := 0
+	for i := range b.entries {
+		if identity.CloserTo(t.cfg.Self, b.entries[i].ID, id) {
+			if closer++; closer >= need {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func (t *Table) farthestFromSelf(b *bucket) int {
+	j := 0
+	for i := 1; i < len(b.entries); i++ {
+		if identity.CloserTo(t.cfg.Self, b.entries[j].ID, b.entries[i].ID) {
+			j = i
+		}
+	}
+	return j
 }
 
 // moveAddr handles a known id at a new address: only an answer from the
@@ -399,7 +457,7 @@ func (t *Table) split(now int64) {
 // promote fills free bucket slots from the replacement cache, most
 // recently verified first.
 func (t *Table) promote(b *bucket, now int64) {
-	for len(b.entries) < t.cfg.K && len(b.replacements) > 0 {
+	for len(b.entries) < t.cfg.K && len(b.replacements) > 0 { // home extras are not refilled
 		pick := len(b.replacements) - 1
 		for i := pick; i >= 0; i-- {
 			if b.replacements[i].verified {

@@ -44,7 +44,7 @@ func checkInvariants(t *testing.T, tb *Table) {
 	total := 0
 	subnets := map[Subnet]int{}
 	for bi, b := range tb.buckets {
-		if len(b.entries) > tb.cfg.K || len(b.replacements) > tb.cfg.Replacements {
+		if len(b.entries) > 2*tb.cfg.K || len(b.replacements) > tb.cfg.Replacements {
 			t.Fatalf("bucket %d: %d entries, %d replacements", bi, len(b.entries), len(b.replacements))
 		}
 		perBucket := map[Subnet]int{}
@@ -102,6 +102,50 @@ func TestSplitAndInvariants(t *testing.T) {
 	}
 	if tb.Len() < 6*tb.cfg.K {
 		t.Fatalf("table holds %d", tb.Len())
+	}
+}
+
+// TestKeepsKClosest: fed a whole network in random order, a table must
+// hold the K nodes closest to its own id (the boundary bucket keeps the
+// closest, not K random ones), and still at most K in far buckets.
+func TestKeepsKClosest(t *testing.T) {
+	for seed := range uint64(20) {
+		r := rand.New(rand.NewPCG(100+seed, 7))
+		self := randID(r)
+		tb := New(Config{Self: self})
+		var all []Contact
+		for i := range 3000 {
+			all = append(all, Contact{randID(r), pubAddr(i)})
+		}
+		for _, i := range r.Perm(len(all)) {
+			if seed%2 == 0 {
+				tb.Verified(all[i], t0, 0)
+			} else {
+				tb.AddUnverified(all[i], t0) // inbound contacts, then verified by pings
+			}
+		}
+		if seed%2 == 1 {
+			for _, c := range tb.Due(t0, nil, 10000) {
+				tb.Verified(c, t0, 0)
+			}
+		}
+		slices.SortFunc(all, func(a, b Contact) int {
+			return identity.Compare(identity.Distance(a.ID, self), identity.Distance(b.ID, self))
+		})
+		for _, c := range all[:16] {
+			if !tb.Contains(c.ID) {
+				t.Fatalf("seed %d: one of the 16 closest (%v) is missing; table %d entries", seed, c, tb.Len())
+			}
+		}
+		if got := tb.Closest(nil, self, 16, true); len(got) != 16 || got[15].ID != all[15].ID {
+			t.Fatalf("seed %d: Closest(self) does not return the 16 closest", seed)
+		}
+		for bi := range 4 {
+			if n := len(tb.buckets[bi].entries); n != 16 {
+				t.Fatalf("seed %d: far bucket %d holds %d", seed, bi, n)
+			}
+		}
+		checkInvariants(t, tb)
 	}
 }
 
@@ -253,6 +297,10 @@ func TestEvictionAndPromotion(t *testing.T) {
 	r := rand.New(rand.NewPCG(11, 12))
 	self := randID(r)
 	tb := New(Config{Self: self, MaxFailures: 3})
+	// Closer buckets hold K contacts, so bucket 0 is not a home bucket.
+	for i := range 24 {
+		tb.Verified(Contact{idWithPrefix(r, self, 1+i%6), pubAddr(1000 + i)}, t0, 0)
+	}
 	var members []Contact
 	for i := range 16 {
 		c := Contact{idWithPrefix(r, self, 0), pubAddr(i)}
@@ -280,7 +328,7 @@ func TestEvictionAndPromotion(t *testing.T) {
 	if !tb.Contains(ver.ID) {
 		t.Fatal("the verified replacement was not promoted first")
 	}
-	if tb.Contains(unv.ID) || tb.Len() != 16 {
+	if tb.Contains(unv.ID) || len(tb.buckets[0].entries) != 16 {
 		t.Fatalf("unexpected promotion: len %d", tb.Len())
 	}
 	// A success resets the failure count.
