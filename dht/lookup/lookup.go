@@ -266,13 +266,15 @@ func (l *Lookup) Next(now time.Time, dst []Query) []Query {
 		if pa.done {
 			continue
 		}
+		// Only the Confirm closest non-failed candidates are ever asked:
+		// the K closest in strict mode, the β closest otherwise.
 		limit := l.cfg.Alpha
 		if pa.burst {
-			limit = l.cfg.K
+			limit = l.cfg.Confirm
 		}
-		seen := 0 // non-failed candidates passed: only the K closest are asked
+		seen := 0
 		for i := range pa.cands {
-			if pa.inflight >= limit || seen >= l.cfg.K {
+			if pa.inflight >= limit || seen >= l.cfg.Confirm {
 				break
 			}
 			c := &pa.cands[i]

@@ -352,3 +352,50 @@ func TestRunRaceManyConcurrent(t *testing.T) {
 		t.Fatalf("%d concurrent lookups failed", bad.Load())
 	}
 }
+
+// TestSlowNodeStaysInTheRunning: a query past its soft timeout frees its
+// α slot, but the lookup does not end without the slow node's answer
+// until the hard deadline; a late answer puts it in the result.
+func TestSlowNodeStaysInTheRunning(t *testing.T) {
+	target := identity.ID{}
+	near := routing.Contact{ID: identity.ID{0, 1}, Addr: pubAddr(1)}
+	far := routing.Contact{ID: identity.ID{0x80}, Addr: pubAddr(2)}
+	cfg := Config{Self: identity.ID{0xff}, K: 2, Alpha: 1, NoBurst: true,
+		Timeout: func(routing.Contact) time.Duration { return 100 * time.Millisecond }}
+	l := New(cfg, target, []routing.Contact{near, far}, t0)
+	q := l.Next(t0, nil)
+	if len(q) != 1 || q[0].To != near || q[0].Deadline.Sub(q[0].SoftDeadline) != 200*time.Millisecond {
+		t.Fatalf("first query %+v: want near, hard deadline 3x soft", q)
+	}
+	if at, ok := l.NextDeadline(); !ok || !at.Equal(t0.Add(100*time.Millisecond)) {
+		t.Fatalf("next deadline %v %v", at, ok)
+	}
+	if q := l.Next(t0.Add(50*time.Millisecond), nil); len(q) != 0 {
+		t.Fatal("α=1 slot released before the soft timeout")
+	}
+	q = l.Next(t0.Add(100*time.Millisecond), nil)
+	if len(q) != 1 || q[0].To != far {
+		t.Fatalf("after the soft timeout: %+v, want far", q)
+	}
+	l.OnResponse(far.ID, nil, 0, t0.Add(150*time.Millisecond))
+	if l.Done() {
+		t.Fatal("ended while the closer node was only slow")
+	}
+	l.OnResponse(near.ID, nil, 0, t0.Add(250*time.Millisecond))
+	if !l.Done() {
+		t.Fatal("not done after both answered")
+	}
+	res := l.Result(nil)
+	if len(res) != 2 || res[0].Contact != near || l.Stats().Slow != 1 || l.Stats().Failures != 0 {
+		t.Fatalf("result %+v stats %+v", res, l.Stats())
+	}
+	// The same with the slow node failing at its hard deadline.
+	l = New(cfg, target, []routing.Contact{near, far}, t0)
+	l.Next(t0, nil)
+	l.Next(t0.Add(100*time.Millisecond), nil)
+	l.OnResponse(far.ID, nil, 0, t0.Add(150*time.Millisecond))
+	l.OnFailure(near.ID, t0.Add(300*time.Millisecond))
+	if !l.Done() || len(l.Result(nil)) != 1 || l.Stats().Failures != 1 {
+		t.Fatalf("after a hard failure: done %v result %v", l.Done(), l.Result(nil))
+	}
+}

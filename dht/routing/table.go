@@ -147,6 +147,9 @@ type Table struct {
 	buckets []bucket
 	subnets map[Subnet]uint16 // entries and replacements per source unit
 	size    int               // entries in buckets
+	// minCheck is a lower bound of every bucket entry's nextCheck, so Due
+	// returns at once when nothing can be due.
+	minCheck int64
 }
 
 // New returns an empty table.
@@ -192,8 +195,9 @@ func (t *Table) bucketIndex(id identity.ID) int {
 func (t *Table) BucketOf(id identity.ID) int { return t.bucketIndex(id) }
 
 func findIn(es []entry, id identity.ID) int {
+	k := binary.LittleEndian.Uint64(id[:8]) // cheap filter before the 32-byte compare
 	for i := range es {
-		if es[i].ID == id {
+		if binary.LittleEndian.Uint64(es[i].ID[:8]) == k && es[i].ID == id {
 			return i
 		}
 	}
@@ -262,6 +266,7 @@ func (t *Table) insert(c Contact, now int64, verified bool, sample time.Duration
 		b = &t.buckets[bi]
 	}
 	e := entry{Contact: c, added: now, nextCheck: now, sub: sub, hasSub: hasSub}
+	t.minCheck = min(t.minCheck, now)
 	if verified {
 		t.markVerified(&e, now, sample)
 	}
@@ -269,6 +274,7 @@ func (t *Table) insert(c Contact, now int64, verified bool, sample time.Duration
 		b.entries = append(b.entries, e)
 		t.size++
 		t.account(&e, 1)
+		t.trimHome(bi)
 		return Added, nil
 	}
 	if need := t.homeNeed(bi); need > 0 && t.amongClosest(b, c.ID, need) {
@@ -276,6 +282,7 @@ func (t *Table) insert(c Contact, now int64, verified bool, sample time.Duration
 			b.entries = append(b.entries, e)
 			t.size++
 			t.account(&e, 1)
+			t.trimHome(bi)
 			return Added, nil
 		}
 		if verified {
@@ -330,6 +337,32 @@ func (t *Table) amongClosest(b *bucket, id identity.ID, need int) bool {
 	return true
 }
 
+// trimHome is called after bucket below grew: buckets farther out may no
+// longer be needed for the K closest, so their extras beyond K+need move
+// to the replacement cache, farthest from us first.
+func (t *Table) trimHome(below int) {
+	deeper := 0
+	for i := len(t.buckets) - 1; i > below; i-- {
+		deeper += len(t.buckets[i].entries)
+	}
+	for bi := below; bi >= 0 && deeper < 2*t.cfg.K; bi-- {
+		b := &t.buckets[bi]
+		limit := t.cfg.K + max(0, t.cfg.K-deeper)
+		if bi == len(t.buckets)-1 {
+			limit = t.cfg.K
+		}
+		for len(b.entries) > limit {
+			j := t.farthestFromSelf(b)
+			old := b.entries[j]
+			b.entries = append(b.entries[:j], b.entries[j+1:]...)
+			t.size--
+			t.account(&old, -1)
+			t.cache(b, old) //nolint:errcheck // dropped if the cache is full of verified contacts
+		}
+		deeper += len(b.entries)
+	}
+}
+
 func (t *Table) farthestFromSelf(b *bucket) int {
 	j := 0
 	for i := 1; i < len(b.entries); i++ {
@@ -373,6 +406,7 @@ func (t *Table) markVerified(e *entry, now int64, sample time.Duration) {
 	ci := int64(t.cfg.CheckInterval)
 	jitter := ci / 4 * int64(binary.BigEndian.Uint16(e.ID[30:])) / 65536
 	e.nextCheck = now + ci + jitter
+	t.minCheck = min(t.minCheck, e.nextCheck)
 }
 
 // replaceable picks the bucket entry a verified newcomer may displace:
@@ -470,6 +504,7 @@ func (t *Table) promote(b *bucket, now int64) {
 		if !e.verified {
 			e.nextCheck = now
 		}
+		t.minCheck = min(t.minCheck, e.nextCheck)
 		b.entries = append(b.entries, e)
 		t.size++
 	}
@@ -527,6 +562,7 @@ func (t *Table) Failed(id identity.ID, now time.Time) bool {
 			return true
 		}
 		e.nextCheck = now.UnixNano() + int64(e.failures)*int64(t.cfg.RetryInterval)
+		t.minCheck = min(t.minCheck, e.nextCheck)
 		return false
 	}
 	if i := findIn(b.replacements, id); i >= 0 {

@@ -153,13 +153,22 @@ func TestOwnBucketSplitsOnlyNearSelf(t *testing.T) {
 	r := rand.New(rand.NewPCG(3, 4))
 	self := randID(r)
 	tb := New(Config{Self: self})
-	// 40 contacts in the far half (prefix 0): bucket 0 fills and keeps K,
-	// the rest go to replacements; they never split anything away from it.
-	for i := range 40 {
+	// 50 contacts in the far half (prefix 0): bucket 0 split once from
+	// the own bucket; with nothing closer known it is the home bucket and
+	// keeps 2K (the closest known), the rest go to replacements.
+	for i := range 50 {
 		tb.Verified(Contact{idWithPrefix(r, self, 0), pubAddr(i)}, t0, 0)
 	}
 	if tb.Buckets() != 2 {
 		t.Fatalf("%d buckets; want 2 (bucket 0 split once from the own bucket)", tb.Buckets())
+	}
+	if len(tb.buckets[0].entries) != 2*tb.cfg.K || len(tb.buckets[0].replacements) != tb.cfg.Replacements {
+		t.Fatalf("bucket 0: %d entries %d replacements", len(tb.buckets[0].entries), len(tb.buckets[0].replacements))
+	}
+	// Closer contacts arrive: bucket 0 is no longer needed for the K
+	// closest and shrinks back to K, its extras going to replacements.
+	for i := range 20 {
+		tb.Verified(Contact{idWithPrefix(r, self, 1+i%5), pubAddr(100 + i)}, t0, 0)
 	}
 	if len(tb.buckets[0].entries) != tb.cfg.K || len(tb.buckets[0].replacements) != tb.cfg.Replacements {
 		t.Fatalf("bucket 0: %d entries %d replacements", len(tb.buckets[0].entries), len(tb.buckets[0].replacements))
@@ -265,6 +274,9 @@ func TestVerifiedDisplacesUnverifiedNeverTheReverse(t *testing.T) {
 	r := rand.New(rand.NewPCG(9, 10))
 	self := randID(r)
 	tb := New(Config{Self: self})
+	for i := range 24 { // closer buckets hold K: bucket 0 is not home
+		tb.Verified(Contact{idWithPrefix(r, self, 1+i%6), pubAddr(1000 + i)}, t0, 0)
+	}
 	for i := range 16 {
 		tb.Verified(Contact{idWithPrefix(r, self, 0), pubAddr(i)}, t0, 0)
 	}
@@ -275,6 +287,9 @@ func TestVerifiedDisplacesUnverifiedNeverTheReverse(t *testing.T) {
 	}
 	// Make one bucket entry unverified by restoring into a fresh table.
 	tb2 := New(Config{Self: self})
+	for i := range 24 {
+		tb2.Verified(Contact{idWithPrefix(r, self, 1+i%6), pubAddr(2000 + i)}, t0, 0)
+	}
 	var cs []Contact
 	for i := range 16 {
 		cs = append(cs, Contact{idWithPrefix(r, self, 0), pubAddr(200 + i)})
@@ -286,7 +301,7 @@ func TestVerifiedDisplacesUnverifiedNeverTheReverse(t *testing.T) {
 	if o, err := tb2.Verified(v, t0, 0); o != Added || err != nil {
 		t.Fatalf("verified newcomer vs unverified bucket: %v %v", o, err)
 	}
-	if !tb2.Contains(v.ID) || tb2.Len() != 16 {
+	if !tb2.Contains(v.ID) || len(tb2.buckets[0].entries) != 16 {
 		t.Fatalf("newcomer not in bucket or size changed: %d", tb2.Len())
 	}
 	checkInvariants(t, tb)
