@@ -2,6 +2,7 @@ package lookup
 
 import (
 	"encoding/binary"
+	"math"
 	"slices"
 	"time"
 
@@ -52,6 +53,12 @@ type Config struct {
 	Timeout func(c routing.Contact) time.Duration
 	// HardFactor multiplies the soft timeout into the hard deadline (3).
 	HardFactor int
+	// MaxAttempts is how many times one node is asked before it counts
+	// as failed (4): at each soft timeout the request is sent again, as
+	// UDP has no retransmission of its own. With 5% datagram loss a
+	// single attempt loses ~10% of requests, and a lookup that needs 16
+	// answers would miss one of the true closest most of the time.
+	MaxAttempts int
 }
 
 func (c *Config) setDefaults() {
@@ -67,6 +74,7 @@ func (c *Config) setDefaults() {
 	c.Confirm = min(c.Confirm, c.K)
 	def(&c.MaxPerResponse, c.K)
 	def(&c.HardFactor, 3)
+	def(&c.MaxAttempts, 4)
 	def(&c.Candidates, min(3*c.K, 128))
 	c.Candidates = max(c.Candidates, c.K)
 }
@@ -85,9 +93,11 @@ type candidate struct {
 	routing.Contact
 	dist     [4]uint64 // XOR distance to the target, big-endian words
 	sent     int64     // unix ns
-	soft     int64     // unix ns: soft timeout
-	deadline int64     // unix ns: hard deadline
+	soft     int64     // unix ns: soft timeout (next retransmission)
+	deadline int64     // unix ns: hard deadline of the last attempt
+	timeout  int64     // ns: this node's soft timeout
 	token    int32
+	attempts uint8
 	hop      uint8 // 1 for seeds, referrer's hop + 1 otherwise
 	state    state
 }
@@ -125,8 +135,9 @@ type Found struct {
 type Stats struct {
 	Queries   int // FIND_NODE requests sent
 	Answers   int // answers received (late ones included)
-	Failures  int // hard timeouts and errors
-	Slow      int // queries that passed their soft timeout
+	Failures  int // nodes that never answered (all attempts timed out)
+	Slow      int // nodes that passed their first soft timeout
+	Resent    int // retransmissions (included in Queries)
 	Dropped   int // contacts refused from answers (bounds, self, bogons)
 	Hops      int // hop of the closest node found (seeds are hop 1)
 	MaxHops   int // largest hop among the result
@@ -140,6 +151,7 @@ type Lookup struct {
 	paths  []path
 	stats  Stats
 	start  int64
+	merged bool // the disjoint paths ended and were merged into one
 }
 
 func distance(target, id identity.ID) [4]uint64 {
@@ -260,7 +272,7 @@ func (l *Lookup) insert(p int, c routing.Contact, hop int) bool {
 func (l *Lookup) Next(now time.Time, dst []Query) []Query {
 	dst = dst[:0]
 	ns := now.UnixNano()
-	l.expireSoft(ns)
+	dst = l.expireSoft(ns, dst)
 	for p := range l.paths {
 		pa := &l.paths[p]
 		if pa.done {
@@ -291,6 +303,8 @@ func (l *Lookup) Next(now time.Time, dst []Query) []Query {
 			}
 			c.state = inflight
 			c.sent = ns
+			c.timeout = int64(timeout)
+			c.attempts = 1
 			c.soft = ns + int64(timeout)
 			c.deadline = ns + int64(timeout)*int64(l.cfg.HardFactor)
 			pa.inflight++
@@ -355,33 +369,52 @@ func (l *Lookup) OnFailure(id identity.ID, now time.Time) {
 		return
 	}
 	pa := &l.paths[p]
-	switch pa.cands[i].state {
+	c := &pa.cands[i]
+	if now.UnixNano() < c.deadline {
+		return // an earlier attempt expired; a retransmission is pending
+	}
+	switch c.state {
 	case inflight:
 		pa.inflight--
 	case slow:
 	default:
 		return
 	}
-	pa.cands[i].state = failed
+	c.state = failed
 	l.stats.Failures++
 	l.checkDone(p)
 }
 
-// expireSoft moves queries past their soft timeout out of the α window.
-func (l *Lookup) expireSoft(ns int64) {
+// expireSoft moves queries past their soft timeout out of the α window
+// and appends their retransmissions to dst while attempts remain.
+func (l *Lookup) expireSoft(ns int64, dst []Query) []Query {
 	for p := range l.paths {
 		pa := &l.paths[p]
-		if pa.inflight == 0 {
+		if pa.done {
 			continue
 		}
 		for i := range pa.cands {
-			if c := &pa.cands[i]; c.state == inflight && c.soft <= ns {
+			c := &pa.cands[i]
+			if (c.state != inflight && c.state != slow) || c.soft > ns {
+				continue
+			}
+			if c.state == inflight {
 				c.state = slow
 				pa.inflight--
 				l.stats.Slow++
 			}
+			c.soft = math.MaxInt64
+			if int(c.attempts) < l.cfg.MaxAttempts {
+				c.attempts++
+				c.soft = ns + c.timeout
+				c.deadline = max(c.deadline, ns+c.timeout*int64(l.cfg.HardFactor))
+				l.stats.Queries++
+				l.stats.Resent++
+				dst = append(dst, Query{To: c.Contact, SoftDeadline: time.Unix(0, c.soft), Deadline: time.Unix(0, c.deadline)})
+			}
 		}
 	}
+	return dst
 }
 
 func (l *Lookup) checkDone(p int) {
@@ -411,6 +444,33 @@ func (l *Lookup) checkDone(p int) {
 		pa.done = true
 		l.stats.Exhausted = true
 	}
+	if pa.done && len(l.paths) > 1 && !l.merged && l.Done() {
+		l.merge()
+	}
+}
+
+// merge ends the disjoint phase: every path's candidates go into one list
+// and the lookup goes on until the K closest of them all have answered.
+// A path captured by liars never asked the honest nodes it was told of;
+// here they are asked, and a path that reached the true closest nodes
+// already confirmed them, so its result stands.
+func (l *Lookup) merge() {
+	l.merged = true
+	var all []candidate
+	for p := range l.paths {
+		all = append(all, l.paths[p].cands...)
+	}
+	slices.SortFunc(all, func(a, b candidate) int { return identityCmp(a.dist, b.dist) })
+	busy := 0
+	for _, c := range all {
+		if c.state == inflight {
+			busy++
+		}
+	}
+	l.paths = l.paths[:1]
+	l.paths[0] = path{cands: all, inflight: busy}
+	l.stats.Exhausted = false
+	l.checkDone(0)
 }
 
 // Done reports whether every path has ended.
@@ -433,7 +493,7 @@ func (l *Lookup) NextDeadline() (time.Time, bool) {
 			continue
 		}
 		for _, c := range l.paths[p].cands {
-			if c.state == inflight && (!found || c.soft < first) {
+			if (c.state == inflight || c.state == slow) && c.soft != math.MaxInt64 && (!found || c.soft < first) {
 				first, found = c.soft, true
 			}
 		}

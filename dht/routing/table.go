@@ -20,6 +20,7 @@ const (
 	DefaultMaxPerSubnetTable  = 10
 	DefaultMaxFailures        = 5
 	DefaultCheckInterval      = 15 * time.Minute
+	DefaultHomeCheckInterval  = 2 * time.Minute
 	DefaultRetryInterval      = 10 * time.Second
 )
 
@@ -45,6 +46,12 @@ type Config struct {
 	// CheckInterval is how long a verified contact may stay silent before
 	// the table asks for a liveness check (jittered up to +25% per id).
 	CheckInterval time.Duration
+	// HomeCheckInterval replaces CheckInterval for the contacts closest
+	// to our own id (the last bucket and home buckets): they are the ones
+	// every lookup near us ends on, so a dead one there must stop being
+	// handed out quickly, or it pushes a live node out of the K-contact
+	// answers of all its neighbours.
+	HomeCheckInterval time.Duration
 	// RetryInterval is the back-off unit after a failure (linear: n
 	// failures wait n units), and how soon a check the caller never
 	// reported on is handed out again.
@@ -70,6 +77,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.RetryInterval <= 0 {
 		c.RetryInterval = DefaultRetryInterval
+	}
+	if c.HomeCheckInterval <= 0 {
+		c.HomeCheckInterval = min(DefaultHomeCheckInterval, c.CheckInterval)
 	}
 }
 
@@ -238,7 +248,7 @@ func (t *Table) insert(c Contact, now int64, verified bool, sample time.Duration
 			return Rejected, err
 		}
 		if verified {
-			t.markVerified(e, now, sample)
+			t.markVerified(e, bi, now, sample)
 		}
 		return Updated, nil
 	}
@@ -248,7 +258,7 @@ func (t *Table) insert(c Contact, now int64, verified bool, sample time.Duration
 			return Rejected, err
 		}
 		if verified {
-			t.markVerified(r, now, sample)
+			t.markVerified(r, bi, now, sample)
 			// Most recently verified last: the first to be promoted.
 			v := *r
 			copy(b.replacements[i:], b.replacements[i+1:])
@@ -268,7 +278,7 @@ func (t *Table) insert(c Contact, now int64, verified bool, sample time.Duration
 	e := entry{Contact: c, added: now, nextCheck: now, sub: sub, hasSub: hasSub}
 	t.minCheck = min(t.minCheck, now)
 	if verified {
-		t.markVerified(&e, now, sample)
+		t.markVerified(&e, bi, now, sample)
 	}
 	if len(b.entries) < t.cfg.K {
 		b.entries = append(b.entries, e)
@@ -394,7 +404,7 @@ func (t *Table) moveAddr(b *bucket, e *entry, addr netip.AddrPort, verified bool
 	return nil
 }
 
-func (t *Table) markVerified(e *entry, now int64, sample time.Duration) {
+func (t *Table) markVerified(e *entry, bi int, now int64, sample time.Duration) {
 	e.verified = true
 	e.failures = 0
 	e.lastSeen = now
@@ -404,6 +414,9 @@ func (t *Table) markVerified(e *entry, now int64, sample time.Duration) {
 	// Spread checks by up to +25% so a table filled in one burst is not
 	// re-checked in one burst; derived from the id to stay deterministic.
 	ci := int64(t.cfg.CheckInterval)
+	if bi == len(t.buckets)-1 || t.homeNeed(bi) > 0 {
+		ci = int64(t.cfg.HomeCheckInterval)
+	}
 	jitter := ci / 4 * int64(binary.BigEndian.Uint16(e.ID[30:])) / 65536
 	e.nextCheck = now + ci + jitter
 	t.minCheck = min(t.minCheck, e.nextCheck)

@@ -617,3 +617,32 @@ func TestSnapshotRoundTrip(t *testing.T) {
 		t.Fatal("restored contacts handed out before they answered")
 	}
 }
+
+func TestHomeContactsCheckedSooner(t *testing.T) {
+	r := rand.New(rand.NewPCG(31, 32))
+	self := randID(r)
+	tb := New(Config{Self: self, CheckInterval: 15 * time.Minute, HomeCheckInterval: 2 * time.Minute})
+	var all []Contact
+	for i := range 3000 {
+		all = append(all, Contact{randID(r), pubAddr(i)})
+	}
+	// Twice: in the first pass far buckets were briefly the closest known
+	// (home) and got the short interval; answers after that do not.
+	for range 2 {
+		for _, c := range all {
+			tb.Verified(c, t0, 0)
+		}
+	}
+	due := tb.Due(t0.Add(3*time.Minute), nil, 10000)
+	home := tb.Closest(nil, self, 16, true)
+	for _, c := range home {
+		if !slices.Contains(due, c) {
+			t.Fatalf("home contact %v not due after 3 min", c)
+		}
+	}
+	for _, c := range due {
+		if b := tb.BucketOf(c.ID); b < 2 {
+			t.Fatalf("far contact (bucket %d) checked after 3 min, CheckInterval is 15", b)
+		}
+	}
+}

@@ -21,6 +21,11 @@ type Measurement struct {
 	RPCs      []int
 	Latency   []time.Duration
 	Success   int // result equals the true k closest live nodes
+	// Settled counts lookups whose result holds every one of the true k
+	// closest that had been up for at least a minute when the lookup
+	// started: a node that joined seconds ago is not yet verified by its
+	// neighbours, so no honest node hands it out.
+	Settled int
 	Exhausted int
 	Publish   []time.Duration // time until the last store was acknowledged
 	PublishOK int
@@ -94,6 +99,34 @@ func (m *Measurement) record(s *Sim, sl *simLookup, found []lookup.Found) {
 	if ok {
 		m.Success++
 	}
+	settled := true
+	for _, j := range s.ibuf {
+		if s.nodes[j].joined > sl.start-int64(time.Minute) {
+			continue
+		}
+		in := false
+		for i := range found {
+			if found[i].ID == s.nodes[j].ID {
+				in = true
+				break
+			}
+		}
+		if !in {
+			settled = false
+			break
+		}
+	}
+	if settled {
+		m.Settled++
+	}
+}
+
+// SettledRate is Settled over completed lookups.
+func (m *Measurement) SettledRate() float64 {
+	if len(m.RPCs) == 0 {
+		return 0
+	}
+	return float64(m.Settled) / float64(len(m.RPCs))
 }
 
 func (m *Measurement) recordPublish(d time.Duration, ok bool) {
@@ -133,7 +166,8 @@ func (m *Measurement) String() string {
 	fmt.Fprintf(&b, "  latency          p50 %v  p90 %v  p99 %v\n", Percentile(m.Latency, 50).Round(time.Millisecond),
 		Percentile(m.Latency, 90).Round(time.Millisecond), Percentile(m.Latency, 99).Round(time.Millisecond))
 	fmt.Fprintf(&b, "  RPCs per lookup  median %d  p99 %d\n", Percentile(m.RPCs, 50), Percentile(m.RPCs, 99))
-	fmt.Fprintf(&b, "  success          %d/%d = %.2f%%  (exhausted %d)\n", m.Success, m.Done(), 100*m.SuccessRate(), m.Exhausted)
+	fmt.Fprintf(&b, "  success          %d/%d = %.2f%%  (exhausted %d); ignoring nodes up < 1 min: %.2f%%\n",
+		m.Success, m.Done(), 100*m.SuccessRate(), m.Exhausted, 100*m.SettledRate())
 	if len(m.Publish) > 0 {
 		fmt.Fprintf(&b, "  publish          p50 %v  p95 %v  (%d with at least one store)\n",
 			Percentile(m.Publish, 50).Round(time.Millisecond), Percentile(m.Publish, 95).Round(time.Millisecond), m.PublishOK)

@@ -83,6 +83,7 @@ type node struct {
 	table    *routing.Table
 	timeouts *lookup.Timeouts
 	timeout  func(routing.Contact) time.Duration
+	joined   int64 // virtual unix ns of the last join
 	alive    bool
 	liar     bool
 	attacker bool
@@ -287,6 +288,7 @@ func (s *Sim) join(i int32) {
 		}
 	}
 	n.alive = true
+	n.joined = s.now
 	s.alive.insert(n.ID, n.idx)
 	if n.liar {
 		s.liars.insert(n.ID, n.idx)
@@ -367,7 +369,7 @@ func (s *Sim) finishLookup(li int32) {
 	sl := &s.lookups[li]
 	sl.done = true
 	n := s.nodes[sl.node]
-	if sl.purpose == purposeJoin {
+	if sl.purpose == purposeJoin && !n.attacker {
 		// Joined: fill every bucket, once the nodes that just learnt of
 		// us have had a tick to verify us and the nodes that joined just
 		// before us are verified by their neighbours (unverified contacts
