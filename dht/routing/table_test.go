@@ -598,6 +598,7 @@ func TestSnapshotRoundTrip(t *testing.T) {
 		"empty":     nil,
 		"magic":     []byte("XX\x01\x00"),
 		"count":     append([]byte("RT\x01"), 0xff, 0xff, 0xff, 0xff, 0x0f),
+		"varint":    []byte("RT\x01\x80\x00"),
 		"truncated": b[:len(b)-1],
 		"trailing":  append(slices.Clone(b), 0),
 		"family":    func() []byte { c := slices.Clone(b); c[4+32] = 5; return c }(),

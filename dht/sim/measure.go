@@ -14,18 +14,18 @@ import (
 
 // Measurement collects the outcome of a batch of planned lookups.
 type Measurement struct {
-	Name      string
-	Planned   int
-	Hops      []int
-	MaxHops   []int
-	RPCs      []int
-	Latency   []time.Duration
-	Success   int // result equals the true k closest live nodes
+	Name    string
+	Planned int
+	Hops    []int
+	MaxHops []int
+	RPCs    []int
+	Latency []time.Duration
+	Success int // result equals the true k closest live nodes
 	// Settled counts lookups whose result holds every one of the true k
 	// closest that had been up for at least a minute when the lookup
 	// started: a node that joined seconds ago is not yet verified by its
 	// neighbours, so no honest node hands it out.
-	Settled int
+	Settled   int
 	Exhausted int
 	Publish   []time.Duration // time until the last store was acknowledged
 	PublishOK int
