@@ -128,7 +128,8 @@ type PublishResult struct {
 
 // Publish looks target up asking for tokens, then calls store on each of
 // the k closest nodes that answered, concurrently, each bounded by the
-// lookup's per-peer timeout. It fails only if no store succeeded.
+// lookup's hard deadline for that peer. It fails only if no store
+// succeeded.
 func Publish(ctx context.Context, rpc RPC, cfg Config, target identity.ID, seeds []routing.Contact, store StoreFunc) (PublishResult, error) {
 	cfg.WantToken = true
 	res, err := Run(ctx, rpc, cfg, target, seeds)
@@ -149,6 +150,7 @@ func Publish(ctx context.Context, rpc RPC, cfg Config, target identity.ID, seeds
 		if cfg.Timeout != nil {
 			timeout = cfg.Timeout(f.Contact)
 		}
+		timeout *= time.Duration(cfg.HardFactor) // the hard deadline: a store is not retried
 		wg.Add(1)
 		go func(f Found) {
 			defer wg.Done()

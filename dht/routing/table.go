@@ -248,7 +248,11 @@ func (t *Table) insert(c Contact, now int64, verified bool, sample time.Duration
 			return Rejected, err
 		}
 		if verified {
+			was := e.verified
 			t.markVerified(e, bi, now, sample)
+			if !was {
+				t.trimHome(bi) // one more verified contact: farther buckets may shrink
+			}
 		}
 		return Updated, nil
 	}
@@ -328,9 +332,21 @@ func (t *Table) homeNeed(bi int) int {
 	}
 	need := t.cfg.K
 	for i := bi + 1; i < len(t.buckets) && need > 0; i++ {
-		need -= len(t.buckets[i].entries)
+		need -= verifiedLen(t.buckets[i].entries)
 	}
 	return max(need, 0)
+}
+
+// verifiedLen counts verified entries: only they make a farther bucket
+// unnecessary, so unsolicited contacts cannot shrink home buckets.
+func verifiedLen(es []entry) int {
+	n := 0
+	for i := range es {
+		if es[i].verified {
+			n++
+		}
+	}
+	return n
 }
 
 // amongClosest reports whether id would be among the need contacts of b
@@ -353,7 +369,7 @@ func (t *Table) amongClosest(b *bucket, id identity.ID, need int) bool {
 func (t *Table) trimHome(below int) {
 	deeper := 0
 	for i := len(t.buckets) - 1; i > below; i-- {
-		deeper += len(t.buckets[i].entries)
+		deeper += verifiedLen(t.buckets[i].entries)
 	}
 	for bi := below; bi >= 0 && deeper < 2*t.cfg.K; bi-- {
 		b := &t.buckets[bi]
@@ -369,7 +385,7 @@ func (t *Table) trimHome(below int) {
 			t.account(&old, -1)
 			t.cache(b, old) //nolint:errcheck // dropped if the cache is full of verified contacts
 		}
-		deeper += len(b.entries)
+		deeper += verifiedLen(b.entries)
 	}
 }
 
