@@ -323,21 +323,25 @@ func attackerAddr(j int) netip.AddrPort {
 // InjectionReport is the outcome of a victim-injection attempt.
 type InjectionReport struct {
 	Injected  int // forged contacts that entered a table (as unverified)
-	HandedOut int // FIND_NODE answers by honest nodes that named the victim
+	HandedOut int // FIND_NODE answers by honest nodes that named a victim
 	Answers   int // FIND_NODE answers by honest nodes during the attack
 	Probes    int // extra answers probed at the end
-	ToVictim  int // datagrams honest nodes sent to the victim (liveness checks)
+	ToVictim  int // datagrams honest nodes sent to victims (liveness checks)
 }
 
+// victimNet holds the forged addresses: 44.0.0.0/8, one /24 per contact,
+// so the subnet limits do not stop them and only verification can.
+var victimNet = netip.MustParsePrefix("44.0.0.0/8")
+
 // Inject delivers to random live honest nodes count requests from forged
-// contacts claiming an address nobody answers on (a spoofed source, the
-// victim), runs for settle while counting every honest FIND_NODE answer
-// that names the victim, then probes every honest table once more.
+// contacts at addresses nobody answers on (spoofed sources, the victims),
+// runs for settle while counting every honest FIND_NODE answer that names
+// a victim, then probes every honest table once more.
 func (s *Sim) Inject(count int, settle time.Duration) InjectionReport {
-	victim := netip.MustParseAddrPort("44.44.44.44:39001")
-	s.watch, s.watchHits, s.watchAnswers, s.watchSent = victim, 0, 0, 0
+	s.watch, s.watchHits, s.watchAnswers, s.watchSent = victimNet, 0, 0, 0
 	rep := InjectionReport{}
-	for range count {
+	for k := range count {
+		victim := netip.AddrPortFrom(netip.AddrFrom4([4]byte{44, byte(k >> 8), byte(k), 1}), 39001)
 		n := s.honestAlive()
 		if o, _ := n.table.AddUnverified(routing.Contact{ID: s.randID(), Addr: victim}, s.Now()); o != routing.Rejected {
 			rep.Injected++
@@ -353,7 +357,7 @@ func (s *Sim) Inject(count int, settle time.Duration) InjectionReport {
 		buf = n.table.Closest(buf, s.randID(), s.cfg.K, true)
 		rep.Probes++
 		for _, c := range buf {
-			if c.Addr == victim {
+			if victimNet.Contains(c.Addr.Addr()) {
 				rep.HandedOut++
 			}
 		}
@@ -361,6 +365,6 @@ func (s *Sim) Inject(count int, settle time.Duration) InjectionReport {
 	rep.HandedOut += s.watchHits
 	rep.Answers = s.watchAnswers
 	rep.ToVictim = s.watchSent
-	s.watch = netip.AddrPort{}
+	s.watch = netip.Prefix{}
 	return rep
 }

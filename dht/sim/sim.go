@@ -145,8 +145,8 @@ type Sim struct {
 	tbuf  []identity.ID
 	found []lookup.Found
 
-	// watched address (Inject): answers naming it, datagrams sent to it
-	watch        netip.AddrPort
+	// watched addresses (Inject): answers naming them, datagrams to them
+	watch        netip.Prefix
 	watchHits    int
 	watchAnswers int
 	watchSent    int
@@ -451,7 +451,7 @@ func (s *Sim) send(n *node, c routing.Contact, kind uint8, target identity.ID, l
 	*p = rpc{from: n.idx, to: to, contact: c, target: target, nodes: p.nodes[:0], lookup: li,
 		sent: s.now, deadline: deadline, kind: kind}
 	s.Datagrams++
-	if s.watch.IsValid() && c.Addr == s.watch {
+	if s.watch.IsValid() && s.watch.Contains(c.Addr.Addr()) {
 		s.watchSent++
 	}
 	p.refs = 1
@@ -481,7 +481,7 @@ func (s *Sim) onRequest(r int32) {
 			if s.watch.IsValid() {
 				s.watchAnswers++
 				for _, c := range p.nodes {
-					if c.Addr == s.watch {
+					if s.watch.Contains(c.Addr.Addr()) {
 						s.watchHits++
 					}
 				}
