@@ -113,6 +113,7 @@ func base(nodes, lookups int, seed uint64, want map[string]bool) {
 	}
 	if want["inject"] {
 		sw := start()
+		s.Plan(sim.LookupPlan{Name: "background", Count: lookups, Window: 5 * time.Minute}) // answers to watch
 		r := s.Inject(nodes, 5*time.Minute)
 		fmt.Printf("## victim injection: %d forged contacts entered tables, each at its own victim address in 44.0.0.0/8 (%s)\n\n", r.Injected, sw)
 		fmt.Printf("FIND_NODE answers naming a victim: %d of %d (+%d probes); datagrams sent to victims: %d (at most one check per injected contact)\n\n",
