@@ -57,7 +57,8 @@ type Config struct {
 
 // RateLimit is a token bucket per source: per IPv4 address or IPv6 /64,
 // with 8 times as much per IPv4 /24 (and per address:port for the
-// loopback and private sources of developer mode).
+// loopback and private sources of developer mode). The node holds its own
+// calls to each destination to the same budget.
 type RateLimit struct {
 	PacketsPerSecond float64 `yaml:"packetsPerSecond"`
 	Burst            int     `yaml:"burst"`

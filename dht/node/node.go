@@ -190,8 +190,8 @@ func New(cfg Config, opts Options) (*Node, error) {
 	n.limIP = ratelimit.New[netip.Addr](rl.PacketsPerSecond, rl.Burst, sources)
 	n.limNet = ratelimit.New[routing.Subnet](8*rl.PacketsPerSecond, 8*rl.Burst, sources)
 	n.limDev = ratelimit.New[netip.AddrPort](rl.PacketsPerSecond, rl.Burst, sources)
-	// Outbound calls per destination (Boson: 32/s, burst 128).
-	n.limOut = ratelimit.New[netip.AddrPort](32, 128, sources)
+	// Outbound calls per destination, at the rate a peer accepts from us.
+	n.limOut = ratelimit.New[netip.AddrPort](rl.PacketsPerSecond, rl.Burst, sources)
 	return n, nil
 }
 
