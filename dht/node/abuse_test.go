@@ -491,4 +491,3 @@ func TestSignTwinRefused(t *testing.T) {
 }
 
 func mustAP(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
-
