@@ -56,7 +56,7 @@ func root() *command {
 			nodeCommand(roleNode),
 			devnetCommand(),
 			natlabCommand(),
-			{name: "dht", summary: "run a Level 2 DHT participant or query the DHT", run: notBuilt("the DHT work")},
+			dhtCommand(),
 			{name: "name", summary: "register, list and delete names at a supernode", run: notBuilt("the gateway and registry work")},
 			versionCommand(),
 		},

@@ -8,6 +8,7 @@ import (
 
 	"github.com/elacity/pc2/core/config"
 	"github.com/elacity/pc2/core/host"
+	dhtnode "github.com/elacity/pc2/dht/node"
 )
 
 type role struct {
@@ -26,8 +27,9 @@ var roleSupernode = role{
 config file: state in a temporary directory, metrics on a free loopback
 port. The gateway, tunnels, registry, DNS and DHT services are added to the
 supernode as they land (see the README's roadmap); today it runs the core
-host: identity, storage, metrics and graceful shutdown.`,
-	services: func() []host.Service { return nil },
+host (identity, storage, metrics, graceful shutdown) and a bootstrap DHT
+node (config section dht).`,
+	services: func() []host.Service { return []host.Service{dhtnode.NewService()} },
 }
 
 var roleNode = role{

@@ -105,7 +105,8 @@ func (in *instance) maintain(ctx context.Context) {
 	threshold := min(3*n.cfg.K, 64)
 	firstBoot := true
 	for {
-		if !now.Before(nextBoot) && len(n.boot) > 0 && !busy.Load() && in.tableLen() < threshold {
+		// A client joins through Bootstrap, called by its owner.
+		if !now.Before(nextBoot) && len(n.boot) > 0 && !n.opts.Client && !busy.Load() && in.tableLen() < threshold {
 			busy.Store(true)
 			first := firstBoot
 			firstBoot = false
@@ -114,7 +115,7 @@ func (in *instance) maintain(ctx context.Context) {
 				if err := in.bootstrap(ctx); err != nil && ctx.Err() == nil {
 					n.log.Debug("bootstrap", "family", in.fam, "err", err)
 				}
-				if first && !n.opts.Client {
+				if first {
 					in.refresh(ctx, time.Now(), 0)
 				}
 				in.persist()
@@ -128,7 +129,7 @@ func (in *instance) maintain(ctx context.Context) {
 		in.checkDue(ctx, now)
 		if !now.Before(nextRefresh) {
 			nextRefresh = now.Add(t.Refresh)
-			if !busy.Load() {
+			if !busy.Load() && !n.opts.Client {
 				busy.Store(true)
 				n.spawn(func() {
 					defer busy.Store(false)

@@ -172,3 +172,37 @@ func TestPutGetAcrossNodes(t *testing.T) {
 		t.Fatalf("missing value: %v", err)
 	}
 }
+
+// TestClientStaysOutOfTables: a short-lived client (the pc2 dht query
+// commands) that looks up, stores and answers challenges is in no
+// routing table afterwards.
+func TestClientStaysOutOfTables(t *testing.T) {
+	tn := newTestNet(t, 5)
+	ctx := ctxT(t, 30*time.Second)
+	client, stop := startNode(t, newKey(t), "", withBoot(tn.nodes[0]), func(_ *Config, o *Options) { o.Client = true })
+	defer stop()
+	if err := client.Bootstrap(ctx); err != nil {
+		t.Fatal(err)
+	}
+	v, _ := record.NewImmutable([]byte("from a client"))
+	if _, err := client.PutValue(ctx, v, PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.GetValue(ctx, v.ID(), GetOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if vs, _ := client.store.Len(); vs != 0 {
+		t.Fatal("a client kept a record")
+	}
+	time.Sleep(200 * time.Millisecond) // let liveness checks run; nothing may add it
+	for i, n := range tn.nodes {
+		for _, in := range n.inst {
+			in.tmu.RLock()
+			_, found := in.table.Get(client.ID())
+			in.tmu.RUnlock()
+			if found {
+				t.Fatalf("node %d holds the client in its routing table", i)
+			}
+		}
+	}
+}

@@ -162,7 +162,7 @@ func (in *instance) roundTrip(ctx context.Context, to routing.Contact, req *mess
 	defer timer.Stop()
 	select {
 	case resp := <-c.reply:
-		in.answered(to, fr, time.Since(start))
+		in.answered(to, fr, time.Since(start), isClientVersion(resp.Version))
 		return resp, nil
 	case <-timer.C:
 		return nil, ErrTimeout
@@ -194,12 +194,16 @@ func (in *instance) deliver(m *message.Message, id identity.ID, from netip.AddrP
 }
 
 // answered records a completed round trip: the address is verified for
-// the amplification rule, and the routing table and timeouts learn.
-func (in *instance) answered(to routing.Contact, fr packet.Framing, sample time.Duration) {
+// the amplification rule, and the routing table and timeouts learn. A
+// client node (see the package doc) stays out of the table.
+func (in *instance) answered(to routing.Contact, fr packet.Framing, sample time.Duration, client bool) {
 	now := time.Now()
 	in.verified.add(to.Addr, now)
 	in.n.dialects.mark(to.ID, fr)
 	in.timeouts.Observe(sample)
+	if client {
+		return
+	}
 	in.tmu.Lock()
 	defer in.tmu.Unlock()
 	if _, twin := in.table.Get(twinOf(to.ID)); twin {
