@@ -3,7 +3,9 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -37,17 +39,27 @@ type dhtProc struct {
 // startDHT starts `pc2 dht --dev` and waits for its readiness line.
 func startDHT(t *testing.T, i int, data string, args ...string) *dhtProc {
 	t.Helper()
-	r, w, err := os.Pipe()
+	p, err := startDHTBin(pc2Bin, i, data, args...)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return p
+}
+
+// startDHTBin starts bin as `pc2 dht --dev` and waits for its readiness
+// line (safe to call from any goroutine).
+func startDHTBin(bin string, i int, data string, args ...string) (*dhtProc, error) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
 	p := &dhtProc{i: i, data: data, stderr: &bytes.Buffer{}, done: make(chan error, 1)}
-	p.cmd = exec.Command(pc2Bin, append([]string{"dht", "--dev", "--data", data, "--log-level", "warn"}, args...)...)
+	p.cmd = exec.Command(bin, append([]string{"dht", "--dev", "--data", data, "--log-level", "warn"}, args...)...)
 	p.cmd.Env = append(os.Environ(), "PC2_READY_FD=3")
 	p.cmd.ExtraFiles = []*os.File{w}
 	p.cmd.Stderr = &lockedBuffer{b: p.stderr}
 	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	w.Close()
 	go func() { p.done <- p.cmd.Wait() }()
@@ -60,20 +72,24 @@ func startDHT(t *testing.T, i int, data string, args ...string) *dhtProc {
 	select {
 	case line := <-lines:
 		if err := json.Unmarshal(line, &p.info); err != nil {
-			t.Fatalf("node %d: readiness line %q: %v\n%s", i, line, err, p.stderr)
+			p.stop()
+			return nil, fmt.Errorf("node %d: readiness line %q: %v\n%s", i, line, err, p.stderr)
 		}
 	case err := <-p.done:
-		t.Fatalf("node %d exited before it was ready: %v\n%s", i, err, p.stderr)
+		p.stopped = true
+		return nil, fmt.Errorf("node %d exited before it was ready: %v\n%s", i, err, p.stderr)
 	case <-time.After(30 * time.Second):
-		t.Fatalf("node %d not ready after 30s\n%s", i, p.stderr)
+		p.stop()
+		return nil, fmt.Errorf("node %d not ready after 30s\n%s", i, p.stderr)
 	}
 	a := p.info.Extra["dht.udp4"]
 	if a == "" {
-		t.Fatalf("node %d advertises no udp4 address: %+v", i, p.info.Extra)
+		p.stop()
+		return nil, fmt.Errorf("node %d advertises no udp4 address: %+v", i, p.info.Extra)
 	}
 	p.addr = p.info.ID.String() + "@" + a
 	p.port = a[strings.LastIndexByte(a, ':')+1:]
-	return p
+	return p, nil
 }
 
 type lockedBuffer struct {
@@ -126,6 +142,29 @@ func (p *dhtProc) tableSize() int {
 	}
 	n, _ := strconv.Atoi(string(m[1]))
 	return n
+}
+
+// pc2q runs pc2 like pc2() but reports problems in the result instead of
+// failing the test, so it can run on worker goroutines.
+func pc2q(args ...string) result {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, pc2Bin, args...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	r := result{stdout: out.String(), stderr: errb.String()}
+	var ee *exec.ExitError
+	switch {
+	case errors.As(err, &ee):
+		r.code = ee.ExitCode()
+	case err != nil:
+		r.code, r.stderr = -1, err.Error()
+	}
+	if strings.Contains(r.stderr, "panic:") || strings.Contains(r.stderr, "DATA RACE") {
+		r.code = -2
+	}
+	return r
 }
 
 // parallel runs fn(i) for i in [0, n) on a few workers and returns the
@@ -184,19 +223,23 @@ func TestDHTMultiProcess(t *testing.T) {
 	procs[0] = startDHT(t, 0, filepath.Join(root, "n0"))
 	var wg sync.WaitGroup
 	var mu sync.Mutex
+	var startErr error
 	for i := 1; i < N; i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			p := startDHT(t, i, filepath.Join(root, fmt.Sprintf("n%d", i)), "--bootstrap", procs[0].addr)
+			p, err := startDHTBin(pc2Bin, i, filepath.Join(root, fmt.Sprintf("n%d", i)), "--bootstrap", procs[0].addr)
 			mu.Lock()
 			procs[i] = p
+			if err != nil && startErr == nil {
+				startErr = err
+			}
 			mu.Unlock()
 		}()
 	}
 	wg.Wait()
-	if t.Failed() {
-		return
+	if startErr != nil {
+		t.Fatal(startErr)
 	}
 	// Every node knows a good part of the network before we store.
 	deadline := time.Now().Add(30 * time.Second)
@@ -245,13 +288,13 @@ func TestDHTMultiProcess(t *testing.T) {
 			if p.stopped {
 				return ""
 			}
-			r := pc2(t, "", "dht", "get", "--dev", "--bootstrap", p.addr, "--json", immID, owner.ID)
+			r := pc2q("dht", "get", "--dev", "--bootstrap", p.addr, "--json", immID, owner.ID)
 			var vs []valueView
 			if r.code != 0 || json.Unmarshal([]byte(r.stdout), &vs) != nil || len(vs) != 2 ||
 				vs[0].Text != "an immutable value from node 0" || vs[1].Text != "a signed value" {
 				return fmt.Sprintf("%s: get through node %d: %d %s %s", phase, i, r.code, r.stdout, r.stderr)
 			}
-			r = pc2(t, "", "dht", "find-peer", "--dev", "--bootstrap", p.addr, "--json", owner.ID)
+			r = pc2q("dht", "find-peer", "--dev", "--bootstrap", p.addr, "--json", owner.ID)
 			var ps []peerView
 			if r.code != 0 || json.Unmarshal([]byte(r.stdout), &ps) != nil || len(ps) != 1 || ps[0].Endpoint != "tcp://203.0.113.20:9090" {
 				return fmt.Sprintf("%s: find-peer through node %d: %d %s %s", phase, i, r.code, r.stdout, r.stderr)

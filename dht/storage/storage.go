@@ -68,7 +68,7 @@ type Store struct {
 	ns  *store.Namespace // nil: memory only (a short-lived client node)
 
 	mu     sync.RWMutex
-	values map[valueKey]*Entry
+	values map[valueKey]*valueRec
 	peers  map[identity.ID]*peerSet
 	nvals  int
 	npeers int
@@ -84,9 +84,27 @@ type valueKey struct {
 	v2 bool
 }
 
+// The in-memory forms hold only the record and its time (unix ns): an
+// Entry carries all three record types and would double the memory of a
+// node holding 10,000 records.
+type valueRec struct {
+	v record.Value
+	t int64
+}
+
+type peerRec struct {
+	p record.PeerInfo
+	t int64
+}
+
+type peerRecV2 struct {
+	p record.PeerInfoV2
+	t int64
+}
+
 type peerSet struct {
-	v3 []*Entry // at most MaxPerPeerID
-	v2 []*Entry
+	v3 []*peerRec // at most MaxPerPeerID
+	v2 []*peerRecV2
 }
 
 // Sub-bucket names in the namespace.
@@ -121,7 +139,7 @@ func Open(ns *store.Namespace, cfg Config) (*Store, LoadStats, error) {
 	s := &Store{
 		cfg:    cfg,
 		ns:     ns,
-		values: map[valueKey]*Entry{},
+		values: map[valueKey]*valueRec{},
 		peers:  map[identity.ID]*peerSet{},
 		ops:    make(chan *Op, queueLen),
 		stop:   make(chan struct{}),
@@ -192,6 +210,8 @@ func (s *Store) load() (LoadStats, error) {
 
 func (s *Store) expired(e *Entry, now time.Time) bool { return now.Sub(e.Time) >= s.cfg.TTL }
 
+func (s *Store) expiredAt(t int64, now time.Time) bool { return now.UnixNano()-t >= int64(s.cfg.TTL) }
+
 // Close stops the writer after the queued writes are done.
 func (s *Store) Close() {
 	s.closeOnce.Do(func() { close(s.stop) })
@@ -211,11 +231,11 @@ func (s *Store) Len() (values, peers int) {
 func (s *Store) Value(id identity.ID, v2 bool, now time.Time) (record.Value, bool) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	e := s.values[valueKey{id, v2}]
-	if e == nil || s.expired(e, now) {
+	r := s.values[valueKey{id, v2}]
+	if r == nil || s.expiredAt(r.t, now) {
 		return record.Value{}, false
 	}
-	return e.Value, true
+	return r.v, true
 }
 
 // Peers appends to dst[:0] at most max live v3.1 peer records of id whose
@@ -224,9 +244,9 @@ func (s *Store) Peers(dst []record.PeerInfo, id identity.ID, cas int32, max int,
 	dst = dst[:0]
 	s.mu.RLock()
 	if ps := s.peers[id]; ps != nil {
-		for _, e := range ps.v3 {
-			if !s.expired(e, now) && (cas < 0 || e.Peer.Seq >= cas) {
-				dst = append(dst, e.Peer)
+		for _, r := range ps.v3 {
+			if !s.expiredAt(r.t, now) && (cas < 0 || r.p.Seq >= cas) {
+				dst = append(dst, r.p)
 			}
 		}
 	}
@@ -245,8 +265,8 @@ func (s *Store) PeersV2(dst []record.PeerInfoV2, id identity.ID, max int, now ti
 	s.mu.RLock()
 	if ps := s.peers[id]; ps != nil {
 		for i := len(ps.v2) - 1; i >= 0 && len(dst) < max; i-- {
-			if e := ps.v2[i]; !s.expired(e, now) {
-				dst = append(dst, e.PeerV2)
+			if r := ps.v2[i]; !s.expiredAt(r.t, now) {
+				dst = append(dst, r.p)
 			}
 		}
 	}
@@ -365,14 +385,13 @@ func (s *Store) apply(batch []*Op) {
 	for i, op := range batch {
 		if op.expire {
 			n := 0
-			s.forEachLocked(func(e *Entry) {
-				k := string(AppendKey(nil, e))
-				if _, seen := pending[k]; !seen && s.expired(e, now) {
-					pending[k] = nil
-					writes = append(writes, write{key: []byte(k)})
+			for _, k := range s.expiredKeysLocked(now) {
+				if _, seen := pending[string(k)]; !seen {
+					pending[string(k)] = nil
+					writes = append(writes, write{key: k})
 					n++
 				}
-			})
+			}
 			op.expired = n
 			continue
 		}
@@ -476,50 +495,48 @@ func (s *Store) rule(existing, e *Entry, cas int32) (keep bool, err error) {
 	return a == record.Keep, err
 }
 
+// getLocked returns a copy of the stored record in e's slot, or nil.
 func (s *Store) getLocked(e *Entry) *Entry {
 	switch e.Kind {
 	case KindValue, KindValueV2:
-		return s.values[valueKey{e.ID(), e.Kind == KindValueV2}]
+		r := s.values[valueKey{e.ID(), e.Kind == KindValueV2}]
+		if r == nil {
+			return nil
+		}
+		return &Entry{Kind: e.Kind, Time: time.Unix(0, r.t), Value: r.v}
 	}
 	ps := s.peers[e.ID()]
 	if ps == nil {
 		return nil
 	}
-	for _, x := range ps.list(e.Kind) {
-		if sameSlot(x, e) {
-			return x
+	if e.Kind == KindPeerV2 {
+		for _, r := range ps.v2 {
+			if r.p.NodeID == e.PeerV2.NodeID && r.p.Origin == e.PeerV2.Origin {
+				return &Entry{Kind: e.Kind, Time: time.Unix(0, r.t), PeerV2: r.p}
+			}
+		}
+		return nil
+	}
+	for _, r := range ps.v3 {
+		if r.p.Fingerprint == e.Peer.Fingerprint {
+			return &Entry{Kind: e.Kind, Time: time.Unix(0, r.t), Peer: r.p}
 		}
 	}
 	return nil
-}
-
-func (ps *peerSet) list(k Kind) []*Entry {
-	if k == KindPeerV2 {
-		return ps.v2
-	}
-	return ps.v3
-}
-
-func sameSlot(a, b *Entry) bool {
-	if a.Kind == KindPeer {
-		return a.Peer.Fingerprint == b.Peer.Fingerprint
-	}
-	return a.PeerV2.NodeID == b.PeerV2.NodeID && a.PeerV2.Origin == b.PeerV2.Origin
 }
 
 // insertLocked adds or replaces e. A peer set at MaxPerPeerID loses its
 // oldest record, in memory only: the database copy expires on its own,
 // and a restart that loads it back applies the same bound.
 func (s *Store) insertLocked(e *Entry) {
-	e2 := *e
-	e = &e2
+	t := e.Time.UnixNano()
 	switch e.Kind {
 	case KindValue, KindValueV2:
 		k := valueKey{e.ID(), e.Kind == KindValueV2}
 		if s.values[k] == nil {
 			s.nvals++
 		}
-		s.values[k] = e
+		s.values[k] = &valueRec{v: e.Value, t: t}
 		return
 	}
 	id := e.ID()
@@ -528,30 +545,38 @@ func (s *Store) insertLocked(e *Entry) {
 		ps = &peerSet{}
 		s.peers[id] = ps
 	}
-	list := ps.list(e.Kind)
+	if e.Kind == KindPeerV2 {
+		ps.v2 = insertBounded(ps.v2, &peerRecV2{p: e.PeerV2, t: t}, s.cfg.MaxPerPeerID,
+			func(r *peerRecV2) bool { return r.p.NodeID == e.PeerV2.NodeID && r.p.Origin == e.PeerV2.Origin },
+			func(r *peerRecV2) int64 { return r.t }, &s.npeers)
+		return
+	}
+	ps.v3 = insertBounded(ps.v3, &peerRec{p: e.Peer, t: t}, s.cfg.MaxPerPeerID,
+		func(r *peerRec) bool { return r.p.Fingerprint == e.Peer.Fingerprint },
+		func(r *peerRec) int64 { return r.t }, &s.npeers)
+}
+
+// insertBounded replaces the element same() matches, or appends r,
+// dropping the oldest element first when the list holds max.
+func insertBounded[T any](list []T, r T, max int, same func(T) bool, at func(T) int64, count *int) []T {
 	for i, x := range list {
-		if sameSlot(x, e) {
-			list[i] = e
-			return
+		if same(x) {
+			list[i] = r
+			return list
 		}
 	}
-	if len(list) >= s.cfg.MaxPerPeerID {
+	if len(list) >= max {
 		oldest := 0
 		for i, x := range list {
-			if x.Time.Before(list[oldest].Time) {
+			if at(x) < at(list[oldest]) {
 				oldest = i
 			}
 		}
 		list = slices.Delete(list, oldest, oldest+1)
-		s.npeers--
+		*count--
 	}
-	list = append(list, e)
-	s.npeers++
-	if e.Kind == KindPeerV2 {
-		ps.v2 = list
-	} else {
-		ps.v3 = list
-	}
+	*count++
+	return append(list, r)
 }
 
 func (s *Store) deleteLocked(key []byte) {
@@ -574,17 +599,22 @@ func (s *Store) deleteLocked(key []byte) {
 		return
 	}
 	var buf [MaxKey]byte
-	for _, kind := range []Kind{KindPeer, KindPeerV2} {
-		list := ps.list(kind)
-		for i, x := range list {
-			if string(AppendKey(buf[:0], x)) == string(key) {
-				list = slices.Delete(list, i, i+1)
+	switch Kind(key[0]) {
+	case KindPeer:
+		for i, r := range ps.v3 {
+			e := Entry{Kind: KindPeer, Peer: r.p}
+			if string(AppendKey(buf[:0], &e)) == string(key) {
+				ps.v3 = slices.Delete(ps.v3, i, i+1)
 				s.npeers--
-				if kind == KindPeerV2 {
-					ps.v2 = list
-				} else {
-					ps.v3 = list
-				}
+				break
+			}
+		}
+	case KindPeerV2:
+		for i, r := range ps.v2 {
+			e := Entry{Kind: KindPeerV2, PeerV2: r.p}
+			if string(AppendKey(buf[:0], &e)) == string(key) {
+				ps.v2 = slices.Delete(ps.v2, i, i+1)
+				s.npeers--
 				break
 			}
 		}
@@ -594,18 +624,33 @@ func (s *Store) deleteLocked(key []byte) {
 	}
 }
 
-func (s *Store) forEachLocked(fn func(*Entry)) {
-	for _, e := range s.values {
-		fn(e)
+// expiredKeysLocked returns the keys of the records past their TTL.
+func (s *Store) expiredKeysLocked(now time.Time) [][]byte {
+	var out [][]byte
+	for k, r := range s.values {
+		if s.expiredAt(r.t, now) {
+			kind := KindValue
+			if k.v2 {
+				kind = KindValueV2
+			}
+			out = append(out, append([]byte{byte(kind)}, k.id[:]...))
+		}
 	}
 	for _, ps := range s.peers {
-		for _, e := range ps.v3 {
-			fn(e)
+		for _, r := range ps.v3 {
+			if s.expiredAt(r.t, now) {
+				e := Entry{Kind: KindPeer, Peer: r.p}
+				out = append(out, AppendKey(nil, &e))
+			}
 		}
-		for _, e := range ps.v2 {
-			fn(e)
+		for _, r := range ps.v2 {
+			if s.expiredAt(r.t, now) {
+				e := Entry{Kind: KindPeerV2, PeerV2: r.p}
+				out = append(out, AppendKey(nil, &e))
+			}
 		}
 	}
+	return out
 }
 
 // PutOwn records one of the node's own persistent items (to re-announce
