@@ -114,6 +114,17 @@ func overhead(f packet.Framing) int {
 	return packet.OverheadV3
 }
 
+// ServeDatagram handles one datagram received from `from` exactly as the
+// UDP server does, and returns the answer to send back (nil for none).
+// It exists for tests and fuzzing of the whole request path.
+func (n *Node) ServeDatagram(out, pkt []byte, from netip.AddrPort) []byte {
+	in := n.instanceFor(from)
+	if in == nil {
+		return nil
+	}
+	return in.ServeUDP(out, pkt, from)
+}
+
 // ServeUDP handles one inbound datagram (udpserver.Handler).
 func (in *instance) ServeUDP(out, pkt []byte, from netip.AddrPort) []byte {
 	n := in.n
