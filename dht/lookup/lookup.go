@@ -2,6 +2,7 @@ package lookup
 
 import (
 	"encoding/binary"
+	"math"
 	"slices"
 	"time"
 
@@ -44,8 +45,20 @@ type Config struct {
 	// NoBurst keeps α queries in flight to the end instead of asking the
 	// rest of the k closest at once when progress stalls.
 	NoBurst bool
-	// Timeout returns the deadline for a query to c; nil means 1 s.
+	// Timeout returns the adaptive (soft) timeout for a query to c; nil
+	// means 1 s. When it passes, the query stops holding one of the α
+	// slots, but its answer is still awaited until the hard deadline,
+	// HardFactor times later; only then has the node failed. So a slow
+	// live node delays a lookup instead of silently dropping out of it.
 	Timeout func(c routing.Contact) time.Duration
+	// HardFactor multiplies the soft timeout into the hard deadline (3).
+	HardFactor int
+	// MaxAttempts is how many times one node is asked before it counts
+	// as failed (4): at each soft timeout the request is sent again, as
+	// UDP has no retransmission of its own. With 5% datagram loss a
+	// single attempt loses ~10% of requests, and a lookup that needs 16
+	// answers would miss one of the true closest most of the time.
+	MaxAttempts int
 }
 
 func (c *Config) setDefaults() {
@@ -60,6 +73,8 @@ func (c *Config) setDefaults() {
 	def(&c.Confirm, c.K)
 	c.Confirm = min(c.Confirm, c.K)
 	def(&c.MaxPerResponse, c.K)
+	def(&c.HardFactor, 3)
+	def(&c.MaxAttempts, 4)
 	def(&c.Candidates, min(3*c.K, 128))
 	c.Candidates = max(c.Candidates, c.K)
 }
@@ -69,6 +84,7 @@ type state uint8
 const (
 	fresh state = iota
 	inflight
+	slow // past its soft timeout, still awaited
 	answered
 	failed
 )
@@ -77,8 +93,11 @@ type candidate struct {
 	routing.Contact
 	dist     [4]uint64 // XOR distance to the target, big-endian words
 	sent     int64     // unix ns
-	deadline int64     // unix ns
+	soft     int64     // unix ns: soft timeout (next retransmission)
+	deadline int64     // unix ns: hard deadline of the last attempt
+	timeout  int64     // ns: this node's soft timeout
 	token    int32
+	attempts uint8
 	hop      uint8 // 1 for seeds, referrer's hop + 1 otherwise
 	state    state
 }
@@ -95,10 +114,13 @@ type path struct {
 }
 
 // Query is a FIND_NODE the driver must send now and later report with
-// OnResponse or OnFailure (at the latest at Deadline).
+// OnResponse or OnFailure (at the latest at Deadline). The driver must
+// also call Next again at SoftDeadline (NextDeadline tells when), so the
+// lookup can move on while the query is slow.
 type Query struct {
-	To       routing.Contact
-	Deadline time.Time
+	To           routing.Contact
+	SoftDeadline time.Time
+	Deadline     time.Time
 }
 
 // Found is a node of the result.
@@ -113,7 +135,9 @@ type Found struct {
 type Stats struct {
 	Queries   int // FIND_NODE requests sent
 	Answers   int // answers received (late ones included)
-	Failures  int // timeouts and errors
+	Failures  int // nodes that never answered (all attempts timed out)
+	Slow      int // nodes that passed their first soft timeout
+	Resent    int // retransmissions (included in Queries)
 	Dropped   int // contacts refused from answers (bounds, self, bogons)
 	Hops      int // hop of the closest node found (seeds are hop 1)
 	MaxHops   int // largest hop among the result
@@ -127,6 +151,7 @@ type Lookup struct {
 	paths  []path
 	stats  Stats
 	start  int64
+	merged bool // the disjoint paths ended and were merged into one
 }
 
 func distance(target, id identity.ID) [4]uint64 {
@@ -186,12 +211,25 @@ func (l *Lookup) valid(c routing.Contact) bool {
 	return c.ID != l.cfg.Self && !c.ID.IsZero() && routing.Routable(c.Addr, l.cfg.DeveloperMode) == nil
 }
 
-// locate finds id on any path: path index and position, or -1.
-func (l *Lookup) locate(id identity.ID, d [4]uint64) (int, int) {
+// search returns where d is or would be in the path's sorted list.
+func (pa *path) search(d [4]uint64) (int, bool) {
+	lo, hi := 0, len(pa.cands)
+	for lo < hi {
+		m := int(uint(lo+hi) >> 1)
+		if less(pa.cands[m].dist, d) {
+			lo = m + 1
+		} else {
+			hi = m
+		}
+	}
+	return lo, lo < len(pa.cands) && pa.cands[lo].dist == d
+}
+
+// locate finds id on any path: path index and position, or -1. Equal
+// distance to the target means equal id.
+func (l *Lookup) locate(d [4]uint64) (int, int) {
 	for p := range l.paths {
-		cs := l.paths[p].cands
-		i, found := slices.BinarySearchFunc(cs, d, func(c candidate, d [4]uint64) int { return identityCmp(c.dist, d) })
-		if found && cs[i].ID == id {
+		if i, found := l.paths[p].search(d); found {
 			return p, i
 		}
 	}
@@ -202,11 +240,11 @@ func (l *Lookup) locate(id identity.ID, d [4]uint64) (int, int) {
 // fall off the end of a full list. It reports whether c was added.
 func (l *Lookup) insert(p int, c routing.Contact, hop int) bool {
 	d := distance(l.target, c.ID)
-	if q, _ := l.locate(c.ID, d); q >= 0 {
+	if q, _ := l.locate(d); q >= 0 {
 		return false
 	}
 	pa := &l.paths[p]
-	i, _ := slices.BinarySearchFunc(pa.cands, d, func(c candidate, d [4]uint64) int { return identityCmp(c.dist, d) })
+	i, _ := pa.search(d)
 	if len(pa.cands) >= l.cfg.Candidates {
 		if i >= len(pa.cands) {
 			return false
@@ -234,18 +272,21 @@ func (l *Lookup) insert(p int, c routing.Contact, hop int) bool {
 func (l *Lookup) Next(now time.Time, dst []Query) []Query {
 	dst = dst[:0]
 	ns := now.UnixNano()
+	dst = l.expireSoft(ns, dst)
 	for p := range l.paths {
 		pa := &l.paths[p]
 		if pa.done {
 			continue
 		}
+		// Only the Confirm closest non-failed candidates are ever asked:
+		// the K closest in strict mode, the β closest otherwise.
 		limit := l.cfg.Alpha
 		if pa.burst {
-			limit = l.cfg.K
+			limit = l.cfg.Confirm
 		}
-		seen := 0 // non-failed candidates passed: only the K closest are asked
+		seen := 0
 		for i := range pa.cands {
-			if pa.inflight >= limit || seen >= l.cfg.K {
+			if pa.inflight >= limit || seen >= l.cfg.Confirm {
 				break
 			}
 			c := &pa.cands[i]
@@ -262,11 +303,14 @@ func (l *Lookup) Next(now time.Time, dst []Query) []Query {
 			}
 			c.state = inflight
 			c.sent = ns
-			c.deadline = ns + int64(timeout)
+			c.timeout = int64(timeout)
+			c.attempts = 1
+			c.soft = ns + int64(timeout)
+			c.deadline = ns + int64(timeout)*int64(l.cfg.HardFactor)
 			pa.inflight++
 			pa.queriesOut++
 			l.stats.Queries++
-			dst = append(dst, Query{To: c.Contact, Deadline: time.Unix(0, c.deadline)})
+			dst = append(dst, Query{To: c.Contact, SoftDeadline: time.Unix(0, c.soft), Deadline: time.Unix(0, c.deadline)})
 		}
 	}
 	return dst
@@ -276,7 +320,7 @@ func (l *Lookup) Next(now time.Time, dst []Query) []Query {
 // MaxPerResponse are considered) and an opaque token. A late answer after
 // OnFailure is still used. Answers from nodes never asked are ignored.
 func (l *Lookup) OnResponse(from identity.ID, nodes []routing.Contact, token int32, now time.Time) {
-	p, i := l.locate(from, distance(l.target, from))
+	p, i := l.locate(distance(l.target, from))
 	if p < 0 {
 		return
 	}
@@ -285,7 +329,7 @@ func (l *Lookup) OnResponse(from identity.ID, nodes []routing.Contact, token int
 	switch c.state {
 	case inflight:
 		pa.inflight--
-	case failed:
+	case slow, failed:
 	default:
 		return // never asked, or a duplicate answer
 	}
@@ -320,15 +364,57 @@ func (l *Lookup) OnResponse(from identity.ID, nodes []routing.Contact, token int
 
 // OnFailure records that the query to id timed out or failed.
 func (l *Lookup) OnFailure(id identity.ID, now time.Time) {
-	p, i := l.locate(id, distance(l.target, id))
-	if p < 0 || l.paths[p].cands[i].state != inflight {
+	p, i := l.locate(distance(l.target, id))
+	if p < 0 {
 		return
 	}
 	pa := &l.paths[p]
-	pa.cands[i].state = failed
-	pa.inflight--
+	c := &pa.cands[i]
+	if now.UnixNano() < c.deadline {
+		return // an earlier attempt expired; a retransmission is pending
+	}
+	switch c.state {
+	case inflight:
+		pa.inflight--
+	case slow:
+	default:
+		return
+	}
+	c.state = failed
 	l.stats.Failures++
 	l.checkDone(p)
+}
+
+// expireSoft moves queries past their soft timeout out of the α window
+// and appends their retransmissions to dst while attempts remain.
+func (l *Lookup) expireSoft(ns int64, dst []Query) []Query {
+	for p := range l.paths {
+		pa := &l.paths[p]
+		if pa.done {
+			continue
+		}
+		for i := range pa.cands {
+			c := &pa.cands[i]
+			if (c.state != inflight && c.state != slow) || c.soft > ns {
+				continue
+			}
+			if c.state == inflight {
+				c.state = slow
+				pa.inflight--
+				l.stats.Slow++
+			}
+			c.soft = math.MaxInt64
+			if int(c.attempts) < l.cfg.MaxAttempts {
+				c.attempts++
+				c.soft = ns + c.timeout
+				c.deadline = max(c.deadline, ns+c.timeout*int64(l.cfg.HardFactor))
+				l.stats.Queries++
+				l.stats.Resent++
+				dst = append(dst, Query{To: c.Contact, SoftDeadline: time.Unix(0, c.soft), Deadline: time.Unix(0, c.deadline)})
+			}
+		}
+	}
+	return dst
 }
 
 func (l *Lookup) checkDone(p int) {
@@ -341,7 +427,7 @@ func (l *Lookup) checkDone(p int) {
 		switch pa.cands[i].state {
 		case answered:
 			confirmed++
-		case fresh, inflight:
+		case fresh, inflight, slow:
 			if confirmed < l.cfg.Confirm {
 				open = true
 			}
@@ -354,10 +440,37 @@ func (l *Lookup) checkDone(p int) {
 		pa.done = true
 		return
 	}
-	if !open && pa.inflight == 0 {
+	if !open {
 		pa.done = true
 		l.stats.Exhausted = true
 	}
+	if pa.done && len(l.paths) > 1 && !l.merged && l.Done() {
+		l.merge()
+	}
+}
+
+// merge ends the disjoint phase: every path's candidates go into one list
+// and the lookup goes on until the K closest of them all have answered.
+// A path captured by liars never asked the honest nodes it was told of;
+// here they are asked, and a path that reached the true closest nodes
+// already confirmed them, so its result stands.
+func (l *Lookup) merge() {
+	l.merged = true
+	var all []candidate
+	for p := range l.paths {
+		all = append(all, l.paths[p].cands...)
+	}
+	slices.SortFunc(all, func(a, b candidate) int { return identityCmp(a.dist, b.dist) })
+	busy := 0
+	for _, c := range all {
+		if c.state == inflight {
+			busy++
+		}
+	}
+	l.paths = l.paths[:1]
+	l.paths[0] = path{cands: all, inflight: busy}
+	l.stats.Exhausted = false
+	l.checkDone(0)
 }
 
 // Done reports whether every path has ended.
@@ -370,8 +483,8 @@ func (l *Lookup) Done() bool {
 	return true
 }
 
-// NextDeadline returns the earliest deadline of a query in flight on a
-// path that has not ended.
+// NextDeadline returns the earliest soft timeout of a query in flight on
+// a path that has not ended: when the driver must call Next again.
 func (l *Lookup) NextDeadline() (time.Time, bool) {
 	var first int64
 	found := false
@@ -380,26 +493,12 @@ func (l *Lookup) NextDeadline() (time.Time, bool) {
 			continue
 		}
 		for _, c := range l.paths[p].cands {
-			if c.state == inflight && (!found || c.deadline < first) {
-				first, found = c.deadline, true
+			if (c.state == inflight || c.state == slow) && c.soft != math.MaxInt64 && (!found || c.soft < first) {
+				first, found = c.soft, true
 			}
 		}
 	}
 	return time.Unix(0, first), found
-}
-
-// Expire fails every query whose deadline is not after now, for drivers
-// that poll instead of tracking deadlines one by one.
-func (l *Lookup) Expire(now time.Time) {
-	ns := now.UnixNano()
-	for p := range l.paths {
-		for i := range l.paths[p].cands {
-			c := &l.paths[p].cands[i]
-			if c.state == inflight && c.deadline <= ns {
-				l.OnFailure(c.ID, now)
-			}
-		}
-	}
 }
 
 // Result appends to dst[:0] the K closest nodes found over all paths,

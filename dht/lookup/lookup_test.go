@@ -257,7 +257,7 @@ func TestPoisonedAnswers(t *testing.T) {
 		nd := tn.byAddr[q.To.Addr]
 		switch {
 		case nd == nil:
-			l.OnFailure(q.To.ID, t0)
+			l.OnFailure(q.To.ID, q.Deadline)
 		case poison[nd]:
 			l.OnResponse(nd.ID, fakes, 0, t0)
 		default:
@@ -350,5 +350,99 @@ func TestRunRaceManyConcurrent(t *testing.T) {
 	wg.Wait()
 	if bad.Load() != 0 {
 		t.Fatalf("%d concurrent lookups failed", bad.Load())
+	}
+}
+
+// TestSlowNodeStaysInTheRunning: a query past its soft timeout frees its
+// α slot, but the lookup does not end without the slow node's answer
+// until the hard deadline; a late answer puts it in the result.
+func TestSlowNodeStaysInTheRunning(t *testing.T) {
+	target := identity.ID{}
+	near := routing.Contact{ID: identity.ID{0, 1}, Addr: pubAddr(1)}
+	far := routing.Contact{ID: identity.ID{0x80}, Addr: pubAddr(2)}
+	cfg := Config{Self: identity.ID{0xff}, K: 2, Alpha: 1, NoBurst: true, MaxAttempts: 1,
+		Timeout: func(routing.Contact) time.Duration { return 100 * time.Millisecond }}
+	l := New(cfg, target, []routing.Contact{near, far}, t0)
+	q := l.Next(t0, nil)
+	if len(q) != 1 || q[0].To != near || q[0].Deadline.Sub(q[0].SoftDeadline) != 200*time.Millisecond {
+		t.Fatalf("first query %+v: want near, hard deadline 3x soft", q)
+	}
+	if at, ok := l.NextDeadline(); !ok || !at.Equal(t0.Add(100*time.Millisecond)) {
+		t.Fatalf("next deadline %v %v", at, ok)
+	}
+	if q := l.Next(t0.Add(50*time.Millisecond), nil); len(q) != 0 {
+		t.Fatal("α=1 slot released before the soft timeout")
+	}
+	q = l.Next(t0.Add(100*time.Millisecond), nil)
+	if len(q) != 1 || q[0].To != far {
+		t.Fatalf("after the soft timeout: %+v, want far", q)
+	}
+	l.OnResponse(far.ID, nil, 0, t0.Add(150*time.Millisecond))
+	if l.Done() {
+		t.Fatal("ended while the closer node was only slow")
+	}
+	l.OnResponse(near.ID, nil, 0, t0.Add(250*time.Millisecond))
+	if !l.Done() {
+		t.Fatal("not done after both answered")
+	}
+	res := l.Result(nil)
+	if len(res) != 2 || res[0].Contact != near || l.Stats().Slow != 1 || l.Stats().Failures != 0 {
+		t.Fatalf("result %+v stats %+v", res, l.Stats())
+	}
+	// The same with the slow node failing at its hard deadline.
+	l = New(cfg, target, []routing.Contact{near, far}, t0)
+	l.Next(t0, nil)
+	l.Next(t0.Add(100*time.Millisecond), nil)
+	l.OnResponse(far.ID, nil, 0, t0.Add(150*time.Millisecond))
+	l.OnFailure(near.ID, t0.Add(300*time.Millisecond))
+	if !l.Done() || len(l.Result(nil)) != 1 || l.Stats().Failures != 1 {
+		t.Fatalf("after a hard failure: done %v result %v", l.Done(), l.Result(nil))
+	}
+}
+
+// TestRetransmission: a node whose requests are lost is asked again at
+// each soft timeout, up to MaxAttempts; an answer to any attempt counts,
+// and it fails only at the last attempt's hard deadline.
+func TestRetransmission(t *testing.T) {
+	target := identity.ID{}
+	n := routing.Contact{ID: identity.ID{0, 1}, Addr: pubAddr(1)}
+	cfg := Config{Self: identity.ID{0xff}, K: 1, MaxAttempts: 3,
+		Timeout: func(routing.Contact) time.Duration { return 100 * time.Millisecond }}
+	l := New(cfg, target, []routing.Contact{n}, t0)
+	first := l.Next(t0, nil)
+	ms := func(d int) time.Time { return t0.Add(time.Duration(d) * time.Millisecond) }
+	if q := l.Next(ms(100), nil); len(q) != 1 || q[0].To != n {
+		t.Fatalf("no retransmission at the soft timeout: %v", q)
+	}
+	q3 := l.Next(ms(200), nil)
+	if len(q3) != 1 {
+		t.Fatalf("no third attempt: %v", q3)
+	}
+	if q := l.Next(ms(300), nil); len(q) != 0 {
+		t.Fatalf("more than MaxAttempts: %v", q)
+	}
+	l.OnFailure(n.ID, first[0].Deadline) // the first attempt's deadline: others pending
+	if l.Done() {
+		t.Fatal("failed while retransmissions were pending")
+	}
+	l.OnResponse(n.ID, nil, 5, ms(320)) // the third attempt is answered
+	if !l.Done() || len(l.Result(nil)) != 1 {
+		t.Fatal("answer to a retransmission not counted")
+	}
+	if s := l.Stats(); s.Queries != 3 || s.Resent != 2 || s.Failures != 0 {
+		t.Fatalf("stats %+v", s)
+	}
+	// All attempts lost: failure at the last attempt's hard deadline.
+	l = New(cfg, target, []routing.Contact{n}, t0)
+	l.Next(t0, nil)
+	l.Next(ms(100), nil)
+	last := l.Next(ms(200), nil)
+	l.OnFailure(n.ID, last[0].Deadline.Add(-time.Millisecond))
+	if l.Done() {
+		t.Fatal("failed before the last deadline")
+	}
+	l.OnFailure(n.ID, last[0].Deadline)
+	if !l.Done() || l.Stats().Failures != 1 {
+		t.Fatalf("not failed after the last deadline: %+v", l.Stats())
 	}
 }

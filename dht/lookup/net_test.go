@@ -165,7 +165,7 @@ func runSync(tn *testNet, cfg Config, client *testNode, target identity.ID) *Loo
 		queue = queue[1:]
 		nd := tn.byAddr[q.To.Addr]
 		if nd == nil || nd.dead {
-			l.OnFailure(q.To.ID, t0)
+			l.OnFailure(q.To.ID, q.Deadline)
 			continue
 		}
 		l.OnResponse(nd.ID, nd.answer(tn, target, 16), tokenOf(nd), t0)

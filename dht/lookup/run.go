@@ -59,6 +59,12 @@ func Run(ctx context.Context, rpc RPC, cfg Config, target identity.ID, seeds []r
 	defer wg.Wait() // after cancel: no goroutine outlives Run
 	outstanding := 0
 	var queries []Query
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
 	for {
 		queries = l.Next(time.Now(), queries)
 		for _, q := range queries {
@@ -81,7 +87,18 @@ func Run(ctx context.Context, rpc RPC, cfg Config, target identity.ID, seeds []r
 		if l.Done() || outstanding == 0 {
 			break
 		}
+		// Wake at the next soft timeout to let a slow query's slot go.
+		var wake <-chan time.Time
+		if at, ok := l.NextDeadline(); ok {
+			if timer == nil {
+				timer = time.NewTimer(time.Until(at))
+			} else {
+				timer.Reset(time.Until(at))
+			}
+			wake = timer.C
+		}
 		select {
+		case <-wake:
 		case o := <-results:
 			outstanding--
 			if o.err != nil {
@@ -111,7 +128,8 @@ type PublishResult struct {
 
 // Publish looks target up asking for tokens, then calls store on each of
 // the k closest nodes that answered, concurrently, each bounded by the
-// lookup's per-peer timeout. It fails only if no store succeeded.
+// lookup's hard deadline for that peer. It fails only if no store
+// succeeded.
 func Publish(ctx context.Context, rpc RPC, cfg Config, target identity.ID, seeds []routing.Contact, store StoreFunc) (PublishResult, error) {
 	cfg.WantToken = true
 	res, err := Run(ctx, rpc, cfg, target, seeds)
@@ -132,6 +150,7 @@ func Publish(ctx context.Context, rpc RPC, cfg Config, target identity.ID, seeds
 		if cfg.Timeout != nil {
 			timeout = cfg.Timeout(f.Contact)
 		}
+		timeout *= time.Duration(cfg.HardFactor) // the hard deadline: a store is not retried
 		wg.Add(1)
 		go func(f Found) {
 			defer wg.Done()

@@ -1,6 +1,7 @@
 package routing
 
 import (
+	"math"
 	"time"
 
 	"github.com/elacity/pc2/core/identity"
@@ -14,20 +15,23 @@ import (
 func (t *Table) Due(now time.Time, dst []Contact, max int) []Contact {
 	dst = dst[:0]
 	ns := now.UnixNano()
+	if ns < t.minCheck {
+		return dst
+	}
 	again := ns + int64(t.cfg.RetryInterval)
+	earliest := int64(math.MaxInt64)
 	for bi := range t.buckets {
 		b := &t.buckets[bi]
 		for i := range b.entries {
-			if len(dst) >= max {
-				return dst
-			}
 			e := &b.entries[i]
-			if e.nextCheck <= ns {
+			if e.nextCheck <= ns && len(dst) < max {
 				dst = append(dst, e.Contact)
 				e.nextCheck = again
 			}
+			earliest = min(earliest, e.nextCheck)
 		}
 	}
+	t.minCheck = earliest
 	return dst
 }
 

@@ -1,6 +1,10 @@
 package routing
 
-import "github.com/elacity/pc2/core/identity"
+import (
+	"encoding/binary"
+
+	"github.com/elacity/pc2/core/identity"
+)
 
 // Closest writes into dst[:0] the at most n bucket contacts closest to
 // target, nearest first, and returns it. With onlyVerified it hands out
@@ -19,41 +23,63 @@ func (t *Table) Closest(dst []Contact, target identity.ID, n int, onlyVerified b
 	// buckets closer to us than b (all at the same leading distance bit);
 	// then b-1, b-2, ... So the scan can stop at the first group boundary
 	// where n contacts are in hand.
+	// keys[i] holds the first 64 bits of dst[i]'s distance, so most
+	// comparisons are one integer compare; on the stack for n <= 64.
+	var keyBuf [64]uint64
+	var keys []uint64
+	if n <= len(keyBuf) {
+		keys = keyBuf[:n]
+	} else {
+		keys = make([]uint64, n)
+	}
+	q := query{target: target, t0: binary.BigEndian.Uint64(target[:8]), n: n, onlyVerified: onlyVerified}
 	last := len(t.buckets) - 1
 	b := t.bucketIndex(target)
-	dst = t.collect(dst, &t.buckets[b], target, n, onlyVerified)
+	dst = q.collect(dst, keys, &t.buckets[b])
 	if len(dst) == n {
 		return dst
 	}
 	for i := b + 1; i <= last; i++ {
-		dst = t.collect(dst, &t.buckets[i], target, n, onlyVerified)
+		dst = q.collect(dst, keys, &t.buckets[i])
 	}
 	for i := b - 1; i >= 0 && len(dst) < n; i-- {
-		dst = t.collect(dst, &t.buckets[i], target, n, onlyVerified)
+		dst = q.collect(dst, keys, &t.buckets[i])
 	}
 	return dst
 }
 
+type query struct {
+	target       identity.ID
+	t0           uint64
+	n            int
+	onlyVerified bool
+}
+
 // collect merges b's contacts into dst, kept sorted by distance to target
 // and at most n long (bounded insertion: n is small).
-func (t *Table) collect(dst []Contact, b *bucket, target identity.ID, n int, onlyVerified bool) []Contact {
+// keys (len n) holds the first 64 bits of each dst entry's distance.
+func (c *query) collect(dst []Contact, keys []uint64, b *bucket) []Contact {
 	for i := range b.entries {
 		e := &b.entries[i]
-		if onlyVerified && (!e.verified || e.failures > 0) {
+		if c.onlyVerified && (!e.verified || e.failures > 0) {
 			continue
 		}
+		k := binary.BigEndian.Uint64(e.ID[:8]) ^ c.t0
 		pos := len(dst)
-		for pos > 0 && identity.CloserTo(target, e.ID, dst[pos-1].ID) {
+		for pos > 0 && (k < keys[pos-1] || k == keys[pos-1] && identity.CloserTo(c.target, e.ID, dst[pos-1].ID)) {
 			pos--
 		}
-		if pos >= n {
+		if pos >= c.n {
 			continue
 		}
-		if len(dst) < n {
+		if len(dst) < c.n {
 			dst = append(dst, Contact{})
 		}
-		copy(dst[pos+1:], dst[pos:len(dst)-1])
+		m := len(dst)
+		copy(dst[pos+1:], dst[pos:m-1])
+		copy(keys[pos+1:m], keys[pos:m-1])
 		dst[pos] = e.Contact
+		keys[pos] = k
 	}
 	return dst
 }

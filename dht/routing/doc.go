@@ -16,17 +16,22 @@
 //   - Sybil and eclipse: at most MaxPerSubnetBucket contacts per source
 //     unit (IPv4 /24, IPv6 /64) per bucket and MaxPerSubnetTable per table,
 //     replacements included (geth's 2/10 rule);
-//   - staleness: liveness checks on the table's own schedule, eviction
-//     after MaxFailures consecutive failures, promotion from a per-bucket
-//     replacement cache; a verified contact is never displaced by an
-//     unverified newcomer, nor is its address re-pointed by one;
+//   - staleness: liveness checks on the table's own schedule (the
+//     contacts closest to us more often), eviction after MaxFailures
+//     consecutive failures, promotion from a per-bucket replacement
+//     cache; a verified contact is never displaced by an unverified
+//     newcomer, nor is its address re-pointed by one;
 //   - bogons: loopback, private, documentation and other non-global
 //     addresses are refused unless DeveloperMode is on.
 //
 // Buckets are indexed by the length of the prefix an id shares with the
 // node's own id; the last bucket holds everything at least that close and
 // splits when full (mldht/libp2p "lazily unfolded" buckets), so the table
-// is fine-grained around the node's own id and coarse far away.
+// is fine-grained around the node's own id and coarse far away. A bucket
+// still needed to make up the K contacts closest to our own id (a "home"
+// bucket) keeps the closest it hears of, up to 2K, rather than K random
+// ones: that is what lets nearly every node hold its k closest nodes
+// (rfm19 found 61% for IPFS), which in turn makes lookups exact.
 //
 // A Table is not safe for concurrent use: the node serialises access (one
 // owner goroutine, or a mutex around it).

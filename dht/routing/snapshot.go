@@ -80,8 +80,8 @@ func ParseSnapshot(b []byte, max int) ([]Contact, error) {
 	}
 	b = b[3:]
 	count, n := binary.Uvarint(b)
-	if n <= 0 {
-		return nil, fmt.Errorf("%w: bad count", ErrSnapshot)
+	if n <= 0 || n != len(binary.AppendUvarint(nil, count)) {
+		return nil, fmt.Errorf("%w: bad count", ErrSnapshot) // also refuses non-minimal varints: one encoding per snapshot
 	}
 	b = b[n:]
 	const minEntry = identity.IDSize + 1 + 4 + 2

@@ -20,6 +20,7 @@ const (
 	DefaultMaxPerSubnetTable  = 10
 	DefaultMaxFailures        = 5
 	DefaultCheckInterval      = 15 * time.Minute
+	DefaultHomeCheckInterval  = 2 * time.Minute
 	DefaultRetryInterval      = 10 * time.Second
 )
 
@@ -45,6 +46,12 @@ type Config struct {
 	// CheckInterval is how long a verified contact may stay silent before
 	// the table asks for a liveness check (jittered up to +25% per id).
 	CheckInterval time.Duration
+	// HomeCheckInterval replaces CheckInterval for the contacts closest
+	// to our own id (the last bucket and home buckets): they are the ones
+	// every lookup near us ends on, so a dead one there must stop being
+	// handed out quickly, or it pushes a live node out of the K-contact
+	// answers of all its neighbours.
+	HomeCheckInterval time.Duration
 	// RetryInterval is the back-off unit after a failure (linear: n
 	// failures wait n units), and how soon a check the caller never
 	// reported on is handed out again.
@@ -70,6 +77,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.RetryInterval <= 0 {
 		c.RetryInterval = DefaultRetryInterval
+	}
+	if c.HomeCheckInterval <= 0 {
+		c.HomeCheckInterval = min(DefaultHomeCheckInterval, c.CheckInterval)
 	}
 }
 
@@ -147,6 +157,9 @@ type Table struct {
 	buckets []bucket
 	subnets map[Subnet]uint16 // entries and replacements per source unit
 	size    int               // entries in buckets
+	// minCheck is a lower bound of every bucket entry's nextCheck, so Due
+	// returns at once when nothing can be due.
+	minCheck int64
 }
 
 // New returns an empty table.
@@ -192,8 +205,9 @@ func (t *Table) bucketIndex(id identity.ID) int {
 func (t *Table) BucketOf(id identity.ID) int { return t.bucketIndex(id) }
 
 func findIn(es []entry, id identity.ID) int {
+	k := binary.LittleEndian.Uint64(id[:8]) // cheap filter before the 32-byte compare
 	for i := range es {
-		if es[i].ID == id {
+		if binary.LittleEndian.Uint64(es[i].ID[:8]) == k && es[i].ID == id {
 			return i
 		}
 	}
@@ -234,7 +248,11 @@ func (t *Table) insert(c Contact, now int64, verified bool, sample time.Duration
 			return Rejected, err
 		}
 		if verified {
-			t.markVerified(e, now, sample)
+			was := e.verified
+			t.markVerified(e, bi, now, sample)
+			if !was {
+				t.trimHome(bi) // one more verified contact: farther buckets may shrink
+			}
 		}
 		return Updated, nil
 	}
@@ -244,7 +262,7 @@ func (t *Table) insert(c Contact, now int64, verified bool, sample time.Duration
 			return Rejected, err
 		}
 		if verified {
-			t.markVerified(r, now, sample)
+			t.markVerified(r, bi, now, sample)
 			// Most recently verified last: the first to be promoted.
 			v := *r
 			copy(b.replacements[i:], b.replacements[i+1:])
@@ -262,14 +280,34 @@ func (t *Table) insert(c Contact, now int64, verified bool, sample time.Duration
 		b = &t.buckets[bi]
 	}
 	e := entry{Contact: c, added: now, nextCheck: now, sub: sub, hasSub: hasSub}
+	t.minCheck = min(t.minCheck, now)
 	if verified {
-		t.markVerified(&e, now, sample)
+		t.markVerified(&e, bi, now, sample)
 	}
 	if len(b.entries) < t.cfg.K {
 		b.entries = append(b.entries, e)
 		t.size++
 		t.account(&e, 1)
+		t.trimHome(bi)
 		return Added, nil
+	}
+	if need := t.homeNeed(bi); need > 0 && t.amongClosest(b, c.ID, need) {
+		if len(b.entries) < t.cfg.K+need {
+			b.entries = append(b.entries, e)
+			t.size++
+			t.account(&e, 1)
+			t.trimHome(bi)
+			return Added, nil
+		}
+		if verified {
+			j := t.farthestFromSelf(b)
+			old := b.entries[j]
+			t.account(&old, -1)
+			b.entries[j] = e
+			t.account(&e, 1)
+			t.cache(b, old) //nolint:errcheck // dropped if the cache is full of verified contacts
+			return Added, nil
+		}
 	}
 	if verified {
 		if j := replaceable(b.entries); j >= 0 {
@@ -280,6 +318,85 @@ func (t *Table) insert(c Contact, now int64, verified bool, sample time.Duration
 		}
 	}
 	return t.cache(b, e)
+}
+
+// homeNeed returns how many of the K contacts closest to our own id must
+// come from bucket bi: K minus what the closer buckets hold. Such a
+// "home" bucket may grow to K+need so the table keeps the K closest nodes
+// it hears of (S/Kademlia's sibling list, mldht's home-bucket splitting),
+// instead of K random ones of the boundary bucket; in a 10,000-node
+// network that is what lets nearly every node know its k closest.
+func (t *Table) homeNeed(bi int) int {
+	if bi == len(t.buckets)-1 {
+		return 0 // the last bucket splits instead
+	}
+	need := t.cfg.K
+	for i := bi + 1; i < len(t.buckets) && need > 0; i++ {
+		need -= verifiedLen(t.buckets[i].entries)
+	}
+	return max(need, 0)
+}
+
+// verifiedLen counts verified entries: only they make a farther bucket
+// unnecessary, so unsolicited contacts cannot shrink home buckets.
+func verifiedLen(es []entry) int {
+	n := 0
+	for i := range es {
+		if es[i].verified {
+			n++
+		}
+	}
+	return n
+}
+
+// amongClosest reports whether id would be among the need contacts of b
+// closest to our own id.
+func (t *Table) amongClosest(b *bucket, id identity.ID, need int) bool {
+	closer := 0
+	for i := range b.entries {
+		if identity.CloserTo(t.cfg.Self, b.entries[i].ID, id) {
+			if closer++; closer >= need {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// trimHome is called after bucket below grew: buckets farther out may no
+// longer be needed for the K closest, so their extras beyond K+need move
+// to the replacement cache, farthest from us first.
+func (t *Table) trimHome(below int) {
+	deeper := 0
+	for i := len(t.buckets) - 1; i > below; i-- {
+		deeper += verifiedLen(t.buckets[i].entries)
+	}
+	for bi := below; bi >= 0 && deeper < 2*t.cfg.K; bi-- {
+		b := &t.buckets[bi]
+		limit := t.cfg.K + max(0, t.cfg.K-deeper)
+		if bi == len(t.buckets)-1 {
+			limit = t.cfg.K
+		}
+		for len(b.entries) > limit {
+			j := t.farthestFromSelf(b)
+			old := b.entries[j]
+			b.entries = append(b.entries[:j], b.entries[j+1:]...)
+			t.size--
+			t.account(&old, -1)
+			t.cache(b, old) //nolint:errcheck // dropped if the cache is full of verified contacts
+		}
+		deeper += verifiedLen(b.entries)
+	}
+}
+
+func (t *Table) farthestFromSelf(b *bucket) int {
+	j := 0
+	for i := 1; i < len(b.entries); i++ {
+		if identity.CloserTo(t.cfg.Self, b.entries[j].ID, b.entries[i].ID) {
+			j = i
+		}
+	}
+	return j
 }
 
 // moveAddr handles a known id at a new address: only an answer from the
@@ -303,7 +420,7 @@ func (t *Table) moveAddr(b *bucket, e *entry, addr netip.AddrPort, verified bool
 	return nil
 }
 
-func (t *Table) markVerified(e *entry, now int64, sample time.Duration) {
+func (t *Table) markVerified(e *entry, bi int, now int64, sample time.Duration) {
 	e.verified = true
 	e.failures = 0
 	e.lastSeen = now
@@ -313,8 +430,12 @@ func (t *Table) markVerified(e *entry, now int64, sample time.Duration) {
 	// Spread checks by up to +25% so a table filled in one burst is not
 	// re-checked in one burst; derived from the id to stay deterministic.
 	ci := int64(t.cfg.CheckInterval)
+	if bi == len(t.buckets)-1 || t.homeNeed(bi) > 0 {
+		ci = int64(t.cfg.HomeCheckInterval)
+	}
 	jitter := ci / 4 * int64(binary.BigEndian.Uint16(e.ID[30:])) / 65536
 	e.nextCheck = now + ci + jitter
+	t.minCheck = min(t.minCheck, e.nextCheck)
 }
 
 // replaceable picks the bucket entry a verified newcomer may displace:
@@ -399,7 +520,7 @@ func (t *Table) split(now int64) {
 // promote fills free bucket slots from the replacement cache, most
 // recently verified first.
 func (t *Table) promote(b *bucket, now int64) {
-	for len(b.entries) < t.cfg.K && len(b.replacements) > 0 {
+	for len(b.entries) < t.cfg.K && len(b.replacements) > 0 { // home extras are not refilled
 		pick := len(b.replacements) - 1
 		for i := pick; i >= 0; i-- {
 			if b.replacements[i].verified {
@@ -412,6 +533,7 @@ func (t *Table) promote(b *bucket, now int64) {
 		if !e.verified {
 			e.nextCheck = now
 		}
+		t.minCheck = min(t.minCheck, e.nextCheck)
 		b.entries = append(b.entries, e)
 		t.size++
 	}
@@ -469,6 +591,7 @@ func (t *Table) Failed(id identity.ID, now time.Time) bool {
 			return true
 		}
 		e.nextCheck = now.UnixNano() + int64(e.failures)*int64(t.cfg.RetryInterval)
+		t.minCheck = min(t.minCheck, e.nextCheck)
 		return false
 	}
 	if i := findIn(b.replacements, id); i >= 0 {

@@ -44,7 +44,7 @@ func checkInvariants(t *testing.T, tb *Table) {
 	total := 0
 	subnets := map[Subnet]int{}
 	for bi, b := range tb.buckets {
-		if len(b.entries) > tb.cfg.K || len(b.replacements) > tb.cfg.Replacements {
+		if len(b.entries) > 2*tb.cfg.K || len(b.replacements) > tb.cfg.Replacements {
 			t.Fatalf("bucket %d: %d entries, %d replacements", bi, len(b.entries), len(b.replacements))
 		}
 		perBucket := map[Subnet]int{}
@@ -105,17 +105,70 @@ func TestSplitAndInvariants(t *testing.T) {
 	}
 }
 
+// TestKeepsKClosest: fed a whole network in random order, a table must
+// hold the K nodes closest to its own id (the boundary bucket keeps the
+// closest, not K random ones), and still at most K in far buckets.
+func TestKeepsKClosest(t *testing.T) {
+	for seed := range uint64(20) {
+		r := rand.New(rand.NewPCG(100+seed, 7))
+		self := randID(r)
+		tb := New(Config{Self: self})
+		var all []Contact
+		for i := range 3000 {
+			all = append(all, Contact{randID(r), pubAddr(i)})
+		}
+		for _, i := range r.Perm(len(all)) {
+			if seed%2 == 0 {
+				tb.Verified(all[i], t0, 0)
+			} else {
+				tb.AddUnverified(all[i], t0) // inbound contacts, then verified by pings
+			}
+		}
+		if seed%2 == 1 {
+			for _, c := range tb.Due(t0, nil, 10000) {
+				tb.Verified(c, t0, 0)
+			}
+		}
+		slices.SortFunc(all, func(a, b Contact) int {
+			return identity.Compare(identity.Distance(a.ID, self), identity.Distance(b.ID, self))
+		})
+		for _, c := range all[:16] {
+			if !tb.Contains(c.ID) {
+				t.Fatalf("seed %d: one of the 16 closest (%v) is missing; table %d entries", seed, c, tb.Len())
+			}
+		}
+		if got := tb.Closest(nil, self, 16, true); len(got) != 16 || got[15].ID != all[15].ID {
+			t.Fatalf("seed %d: Closest(self) does not return the 16 closest", seed)
+		}
+		for bi := range 4 {
+			if n := len(tb.buckets[bi].entries); n != 16 {
+				t.Fatalf("seed %d: far bucket %d holds %d", seed, bi, n)
+			}
+		}
+		checkInvariants(t, tb)
+	}
+}
+
 func TestOwnBucketSplitsOnlyNearSelf(t *testing.T) {
 	r := rand.New(rand.NewPCG(3, 4))
 	self := randID(r)
 	tb := New(Config{Self: self})
-	// 40 contacts in the far half (prefix 0): bucket 0 fills and keeps K,
-	// the rest go to replacements; they never split anything away from it.
-	for i := range 40 {
+	// 50 contacts in the far half (prefix 0): bucket 0 split once from
+	// the own bucket; with nothing closer known it is the home bucket and
+	// keeps 2K (the closest known), the rest go to replacements.
+	for i := range 50 {
 		tb.Verified(Contact{idWithPrefix(r, self, 0), pubAddr(i)}, t0, 0)
 	}
 	if tb.Buckets() != 2 {
 		t.Fatalf("%d buckets; want 2 (bucket 0 split once from the own bucket)", tb.Buckets())
+	}
+	if len(tb.buckets[0].entries) != 2*tb.cfg.K || len(tb.buckets[0].replacements) != tb.cfg.Replacements {
+		t.Fatalf("bucket 0: %d entries %d replacements", len(tb.buckets[0].entries), len(tb.buckets[0].replacements))
+	}
+	// Closer contacts arrive: bucket 0 is no longer needed for the K
+	// closest and shrinks back to K, its extras going to replacements.
+	for i := range 20 {
+		tb.Verified(Contact{idWithPrefix(r, self, 1+i%5), pubAddr(100 + i)}, t0, 0)
 	}
 	if len(tb.buckets[0].entries) != tb.cfg.K || len(tb.buckets[0].replacements) != tb.cfg.Replacements {
 		t.Fatalf("bucket 0: %d entries %d replacements", len(tb.buckets[0].entries), len(tb.buckets[0].replacements))
@@ -221,6 +274,9 @@ func TestVerifiedDisplacesUnverifiedNeverTheReverse(t *testing.T) {
 	r := rand.New(rand.NewPCG(9, 10))
 	self := randID(r)
 	tb := New(Config{Self: self})
+	for i := range 24 { // closer buckets hold K: bucket 0 is not home
+		tb.Verified(Contact{idWithPrefix(r, self, 1+i%6), pubAddr(1000 + i)}, t0, 0)
+	}
 	for i := range 16 {
 		tb.Verified(Contact{idWithPrefix(r, self, 0), pubAddr(i)}, t0, 0)
 	}
@@ -231,6 +287,9 @@ func TestVerifiedDisplacesUnverifiedNeverTheReverse(t *testing.T) {
 	}
 	// Make one bucket entry unverified by restoring into a fresh table.
 	tb2 := New(Config{Self: self})
+	for i := range 24 {
+		tb2.Verified(Contact{idWithPrefix(r, self, 1+i%6), pubAddr(2000 + i)}, t0, 0)
+	}
 	var cs []Contact
 	for i := range 16 {
 		cs = append(cs, Contact{idWithPrefix(r, self, 0), pubAddr(200 + i)})
@@ -242,7 +301,7 @@ func TestVerifiedDisplacesUnverifiedNeverTheReverse(t *testing.T) {
 	if o, err := tb2.Verified(v, t0, 0); o != Added || err != nil {
 		t.Fatalf("verified newcomer vs unverified bucket: %v %v", o, err)
 	}
-	if !tb2.Contains(v.ID) || tb2.Len() != 16 {
+	if !tb2.Contains(v.ID) || len(tb2.buckets[0].entries) != 16 {
 		t.Fatalf("newcomer not in bucket or size changed: %d", tb2.Len())
 	}
 	checkInvariants(t, tb)
@@ -253,6 +312,10 @@ func TestEvictionAndPromotion(t *testing.T) {
 	r := rand.New(rand.NewPCG(11, 12))
 	self := randID(r)
 	tb := New(Config{Self: self, MaxFailures: 3})
+	// Closer buckets hold K contacts, so bucket 0 is not a home bucket.
+	for i := range 24 {
+		tb.Verified(Contact{idWithPrefix(r, self, 1+i%6), pubAddr(1000 + i)}, t0, 0)
+	}
 	var members []Contact
 	for i := range 16 {
 		c := Contact{idWithPrefix(r, self, 0), pubAddr(i)}
@@ -280,7 +343,7 @@ func TestEvictionAndPromotion(t *testing.T) {
 	if !tb.Contains(ver.ID) {
 		t.Fatal("the verified replacement was not promoted first")
 	}
-	if tb.Contains(unv.ID) || tb.Len() != 16 {
+	if tb.Contains(unv.ID) || len(tb.buckets[0].entries) != 16 {
 		t.Fatalf("unexpected promotion: len %d", tb.Len())
 	}
 	// A success resets the failure count.
@@ -535,6 +598,7 @@ func TestSnapshotRoundTrip(t *testing.T) {
 		"empty":     nil,
 		"magic":     []byte("XX\x01\x00"),
 		"count":     append([]byte("RT\x01"), 0xff, 0xff, 0xff, 0xff, 0x0f),
+		"varint":    []byte("RT\x01\x80\x00"),
 		"truncated": b[:len(b)-1],
 		"trailing":  append(slices.Clone(b), 0),
 		"family":    func() []byte { c := slices.Clone(b); c[4+32] = 5; return c }(),
@@ -552,5 +616,34 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	}
 	if len(tb.Closest(nil, randID(r), 10, true)) != 0 {
 		t.Fatal("restored contacts handed out before they answered")
+	}
+}
+
+func TestHomeContactsCheckedSooner(t *testing.T) {
+	r := rand.New(rand.NewPCG(31, 32))
+	self := randID(r)
+	tb := New(Config{Self: self, CheckInterval: 15 * time.Minute, HomeCheckInterval: 2 * time.Minute})
+	var all []Contact
+	for i := range 3000 {
+		all = append(all, Contact{randID(r), pubAddr(i)})
+	}
+	// Twice: in the first pass far buckets were briefly the closest known
+	// (home) and got the short interval; answers after that do not.
+	for range 2 {
+		for _, c := range all {
+			tb.Verified(c, t0, 0)
+		}
+	}
+	due := tb.Due(t0.Add(3*time.Minute), nil, 10000)
+	home := tb.Closest(nil, self, 16, true)
+	for _, c := range home {
+		if !slices.Contains(due, c) {
+			t.Fatalf("home contact %v not due after 3 min", c)
+		}
+	}
+	for _, c := range due {
+		if b := tb.BucketOf(c.ID); b < 2 {
+			t.Fatalf("far contact (bucket %d) checked after 3 min, CheckInterval is 15", b)
+		}
 	}
 }
