@@ -70,7 +70,7 @@ func (r nodeRPC) FindNode(ctx context.Context, to routing.Contact, target identi
 	if wantToken {
 		m.Want |= message.WantToken
 	}
-	resp, err := r.in.call(ctx, to, &m, 0)
+	resp, err := r.in.call(ctx, to, &m, awaitDeadline)
 	if err != nil {
 		return lookup.Response{}, err
 	}
@@ -210,7 +210,7 @@ func (r *valueRPC) FindNode(ctx context.Context, to routing.Contact, target iden
 	if cas := r.opt.cas(); cas >= 0 {
 		m.CAS, m.HasCAS = cas, true
 	}
-	resp, err := r.in.call(ctx, to, &m, 0)
+	resp, err := r.in.call(ctx, to, &m, awaitDeadline)
 	if err != nil {
 		return lookup.Response{}, err
 	}
@@ -341,7 +341,7 @@ func (r *peerRPC) FindNode(ctx context.Context, to routing.Contact, target ident
 	if r.opt.Count > 0 {
 		m.Count = int32(min(r.opt.Count, message.MaxPeersPerResponse))
 	}
-	resp, err := r.in.call(ctx, to, &m, 0)
+	resp, err := r.in.call(ctx, to, &m, awaitDeadline)
 	if err != nil {
 		return lookup.Response{}, err
 	}

@@ -50,17 +50,25 @@ func (in *instance) peerRTT(id identity.ID) (rtt.Estimator, bool) {
 	return in.table.RTT(id)
 }
 
+// awaitDeadline makes call send once and wait until ctx's deadline: the
+// caller (a lookup, which retransmits on its own schedule) owns timing.
+const awaitDeadline = -1
+
 // call sends req to `to` and waits for the answer, retrying up to retries
-// times after a timeout. With the compat dialect, a peer not known to
-// speak v3 is retried in v2 after a v3 timeout. An error answer comes
-// back as *RemoteError together with the message. The routing table
-// learns of the outcome.
+// times after an adaptive timeout (or, with awaitDeadline, once until
+// ctx's deadline). With the compat dialect, a peer not known to speak v3
+// is retried in v2 after a v3 timeout. An error answer comes back as
+// *RemoteError together with the message. The routing table learns of
+// the outcome.
 func (in *instance) call(ctx context.Context, to routing.Contact, req *message.Message, retries int) (*message.Message, error) {
 	n := in.n
 	fr := n.dialects.framing(to.ID, n.compat)
 	triedV2 := false
 	for attempt := 0; ; attempt++ {
 		timeout := in.timeouts.Timeout(to)
+		if dl, ok := ctx.Deadline(); ok && retries == awaitDeadline {
+			timeout = time.Until(dl)
+		}
 		resp, err := in.roundTrip(ctx, to, req, fr, timeout)
 		if err == nil {
 			if resp.Type == message.TypeError {
