@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -466,37 +467,30 @@ id is not found.`,
 				ids = append(ids, id)
 			}
 			return c.withClient(ctx, func(ctx context.Context, cl *client) error {
+				// One lookup per id, up to 8 at once; results in argument order.
+				found := make([][]valueView, len(ids))
+				errs := make([]error, len(ids))
+				var wg sync.WaitGroup
+				sem := make(chan struct{}, 8)
+				for i, id := range ids {
+					wg.Add(1)
+					sem <- struct{}{}
+					go func() {
+						defer func() { <-sem; wg.Done() }()
+						found[i], errs[i] = c.getOne(ctx, cl, id, first)
+					}()
+				}
+				wg.Wait()
 				var views []valueView
 				var missing []string
-				for _, id := range ids {
-					if c.direct {
-						got := false
-						for _, b := range cl.boots {
-							v, found, err := cl.node.GetValueFrom(ctx, b, id, dhtnode.GetOptions{})
-							if err != nil {
-								return fmt.Errorf("%s: %w", b, err)
-							}
-							if found {
-								vv := viewValue(&v)
-								vv.From = b.ID.String()
-								views = append(views, vv)
-								got = true
-							}
-						}
-						if !got {
-							missing = append(missing, id.String())
-						}
-						continue
-					}
-					v, err := cl.node.GetValue(ctx, id, dhtnode.GetOptions{First: first})
-					if errors.Is(err, dhtnode.ErrNotFound) {
+				for i, id := range ids {
+					switch {
+					case errors.Is(errs[i], dhtnode.ErrNotFound):
 						missing = append(missing, id.String())
-						continue
+					case errs[i] != nil:
+						return fmt.Errorf("get %s: %w", id, errs[i])
 					}
-					if err != nil {
-						return fmt.Errorf("get %s: %w", id, err)
-					}
-					views = append(views, viewValue(&v))
+					views = append(views, found[i]...)
 				}
 				if c.asJSON {
 					if err := printJSON(std.out, views); err != nil {
@@ -514,6 +508,34 @@ id is not found.`,
 			})
 		},
 	}
+}
+
+// getOne looks up one value: iteratively, or with --direct from each
+// bootstrap node (one view per node that has it).
+func (c *clientFlags) getOne(ctx context.Context, cl *client, id identity.ID, first bool) ([]valueView, error) {
+	if !c.direct {
+		v, err := cl.node.GetValue(ctx, id, dhtnode.GetOptions{First: first})
+		if err != nil {
+			return nil, err
+		}
+		return []valueView{viewValue(&v)}, nil
+	}
+	var views []valueView
+	for _, b := range cl.boots {
+		v, found, err := cl.node.GetValueFrom(ctx, b, id, dhtnode.GetOptions{})
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", b, err)
+		}
+		if found {
+			vv := viewValue(&v)
+			vv.From = b.ID.String()
+			views = append(views, vv)
+		}
+	}
+	if len(views) == 0 {
+		return nil, dhtnode.ErrNotFound
+	}
+	return views, nil
 }
 
 func dhtPut() *command {

@@ -236,8 +236,9 @@ func (in *instance) resolveBootstrap(ctx context.Context) []routing.Contact {
 // errNoBootstrap means no bootstrap node answered and the table is empty.
 var errNoBootstrap = errors.New("dht: no bootstrap node answered")
 
-// bootstrap pings the bootstrap nodes (learning their dialect) and looks
-// up the node's own id, which fills the table around it.
+// bootstrap pings the bootstrap nodes (learning their dialect) and,
+// unless the node is a client, looks up its own id, which fills the table
+// around it.
 func (in *instance) bootstrap(ctx context.Context) error {
 	boot := in.resolveBootstrap(ctx)
 	var wg sync.WaitGroup
@@ -257,8 +258,12 @@ func (in *instance) bootstrap(ctx context.Context) error {
 		}()
 	}
 	wg.Wait()
-	if _, err := in.lookupNodes(ctx, in.n.self.ID(), false, boot...); err != nil && !errors.Is(err, lookup.ErrNoSeeds) {
-		return err
+	// A client does not look up its own id: nobody will ask it for
+	// anything, and its lookups start from the bootstrap nodes anyway.
+	if !in.n.opts.Client {
+		if _, err := in.lookupNodes(ctx, in.n.self.ID(), false, boot...); err != nil && !errors.Is(err, lookup.ErrNoSeeds) {
+			return err
+		}
 	}
 	if answered.Load() == 0 && in.tableLen() == 0 {
 		return errNoBootstrap
