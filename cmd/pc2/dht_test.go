@@ -368,3 +368,39 @@ func TestDHTMultiProcess(t *testing.T) {
 	}
 	t.Logf("total %v", time.Since(start).Round(time.Millisecond))
 }
+
+// TestDHTCommandErrors: misuse is a usage error (status 2) with a clear
+// message, before any network traffic.
+func TestDHTCommandErrors(t *testing.T) {
+	const id = "FAe4sisG95oZ42w7buUn5qEE4TAnfTTFPiguZUHmhiF"
+	cases := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"dht", "frobnicate"}, `unknown command "frobnicate"`},
+		{[]string{"dht", "--bootstrap", "nope"}, "--bootstrap #1"},
+		{[]string{"dht", "get", "--dev", id}, "give --bootstrap"},
+		{[]string{"dht", "get", "--dev", "--bootstrap", id + "@127.0.0.1:1"}, "give at least one id"},
+		{[]string{"dht", "get", "--bootstrap", id + "@127.0.0.1:1", id}, "use --dev"},
+		{[]string{"dht", "get", "--dev", "--bootstrap", id + "@127.0.0.1:1", "not-an-id"}, "is not an id"},
+		{[]string{"dht", "put", "--dev", "--bootstrap", id + "@127.0.0.1:1", "--seq", "3", "x"}, "--seq applies to --signed"},
+		{[]string{"dht", "ping", "--dev"}, "give one node"},
+		{[]string{"dht", "find-peer", "--dev", "--bootstrap", id + "@127.0.0.1:1"}, "give one peer id"},
+	}
+	for _, c := range cases {
+		r := pc2(t, "", c.args...)
+		if r.code != 2 || !strings.Contains(r.stderr, c.want) {
+			t.Errorf("pc2 %v: code %d, stderr %q, want %q", c.args, r.code, r.stderr, c.want)
+		}
+	}
+	// A signed put needs a key file, and says where it looked.
+	r := pc2(t, "", "dht", "put", "--dev", "--bootstrap", id+"@127.0.0.1:1", "--signed", "--data", t.TempDir(), "x")
+	if r.code != 1 || !strings.Contains(r.stderr, "no key file") {
+		t.Errorf("signed put without a key: %d %q", r.code, r.stderr)
+	}
+	// Nobody answers at the bootstrap address: a clear failure, not a hang.
+	r = pc2(t, "", "dht", "get", "--dev", "--timeout", "3s", "--bootstrap", id+"@127.0.0.1:1", id)
+	if r.code != 1 || !strings.Contains(r.stderr, "join") {
+		t.Errorf("unreachable bootstrap: %d %q", r.code, r.stderr)
+	}
+}

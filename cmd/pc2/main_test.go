@@ -198,7 +198,7 @@ func TestHelpEverywhere(t *testing.T) {
 }
 
 func TestUnbuiltCommandsSaySoAndFail(t *testing.T) {
-	for _, c := range []string{"dht", "name"} {
+	for _, c := range []string{"name"} {
 		if r := pc2(t, "", c); r.code == 0 || !strings.Contains(r.stderr, "not built yet") {
 			t.Errorf("pc2 %s: code %d %q", c, r.code, r.stderr)
 		}

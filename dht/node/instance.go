@@ -171,7 +171,6 @@ func (in *instance) ServeUDP(out, pkt []byte, from netip.AddrPort) []byte {
 		var de *message.DecodeError
 		if errors.As(err, &de) && errors.Is(err, message.ErrUnknownMethod) && de.Type == message.TypeRequest &&
 			de.Txid != 0 && de.Txid <= 0x7fffffff {
-			n.m.drop(dropDecode)
 			body := appendUnknownMethod(sc.body[:0], uint8(de.Method), de.Txid, n.ver)
 			return in.sealReply(out, body, id, from, fr, len(pkt))
 		}

@@ -10,6 +10,7 @@ import (
 	"github.com/elacity/pc2/dht/message"
 	"github.com/elacity/pc2/dht/packet"
 	"github.com/elacity/pc2/dht/record"
+	"github.com/elacity/pc2/dht/storage"
 )
 
 // waitFor polls cond until it holds or d passes.
@@ -156,6 +157,16 @@ func TestReannounce(t *testing.T) {
 		}
 		return true
 	})
+	// Forgotten items are no longer re-announced.
+	if err := a2.Forget(storage.KindValue, owner.ID(), 0); err != nil {
+		t.Fatal(err)
+	}
+	if own, err := a2.store.Own(); err != nil || len(own) != 0 {
+		t.Fatalf("own items after Forget: %d %v", len(own), err)
+	}
+	if k := a2.Reannounce(ctx, true); k != 0 {
+		t.Fatalf("re-announced %d forgotten items", k)
+	}
 }
 
 // v2Responder is a Boson 2.0 node: it only understands v2 framing and
