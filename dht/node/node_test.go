@@ -4,12 +4,15 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"net"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/elacity/pc2/core/identity"
 	"github.com/elacity/pc2/core/store"
+	"github.com/elacity/pc2/dht/message"
+	"github.com/elacity/pc2/dht/packet"
 	"github.com/elacity/pc2/dht/record"
 )
 
@@ -204,5 +207,59 @@ func TestClientStaysOutOfTables(t *testing.T) {
 				t.Fatalf("node %d holds the client in its routing table", i)
 			}
 		}
+	}
+}
+
+// TestIPv6 runs a small network on ::1 only, and a dual-stack node that
+// answers FIND_NODE with both families when asked.
+func TestIPv6(t *testing.T) {
+	v6 := func(c *Config, _ *Options) { c.Bind4, c.Bind6 = "off", "::1" }
+	ln, err := net.ListenPacket("udp6", "[::1]:0")
+	if err != nil {
+		t.Skipf("no IPv6 loopback: %v", err)
+	}
+	ln.Close()
+	tn := newTestNet(t, 4, v6)
+	ctx := ctxT(t, 30*time.Second)
+	v, _ := record.NewImmutable([]byte("over IPv6"))
+	if res, err := tn.nodes[1].PutValue(ctx, v, PutOptions{}); err != nil || res.Stored < 3 {
+		t.Fatalf("put over IPv6: %v %+v", err, res)
+	}
+	got, err := tn.nodes[3].GetValue(ctx, v.ID(), GetOptions{})
+	if err != nil || !got.Equal(&v) {
+		t.Fatalf("get over IPv6: %v", err)
+	}
+	if !tn.nodes[2].Addrs()[0].Addr().Is6() {
+		t.Fatal("not on IPv6")
+	}
+
+	// Dual stack: one table per family, both in one answer.
+	dual := func(c *Config, _ *Options) { c.Bind4, c.Bind6 = "127.0.0.1", "::1" }
+	a, stopA := startNode(t, newKey(t), "", dual)
+	defer stopA()
+	b, stopB := startNode(t, newKey(t), "", dual)
+	defer stopB()
+	for _, addr := range b.Addrs() {
+		if _, err := a.Ping(ctx, Contact{ID: b.ID(), Addr: addr}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if l := a.TableLen(); len(l) != 2 || l[0] != 1 || l[1] != 1 {
+		t.Fatalf("tables per family: %v", l)
+	}
+	p := newRawPeer(t, "127.0.0.1:0")
+	in := p.call(Contact{ID: a.ID(), Addr: a.Addrs()[0]}, &message.Message{Method: message.MethodFindNode,
+		Target: randomID(), Want: message.WantIPv4 | message.WantIPv6}, packet.FramingV3)
+	// n4 also holds p itself: it answered the node's challenge ping.
+	has := func(list []message.NodeInfo, v6 bool) bool {
+		for _, ni := range list {
+			if ni.ID == b.ID() && ni.Addr(v6) == b.Addrs()[map[bool]int{false: 0, true: 1}[v6]] {
+				return true
+			}
+		}
+		return false
+	}
+	if !has(in.msg.Nodes4, false) || len(in.msg.Nodes6) != 1 || !has(in.msg.Nodes6, true) {
+		t.Fatalf("dual-stack answer: n4 %v n6 %v", in.msg.Nodes4, in.msg.Nodes6)
 	}
 }
