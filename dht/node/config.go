@@ -107,7 +107,7 @@ func (c *Config) ResolvedDialect() string {
 
 // FieldError is a problem with one field of the section.
 type FieldError struct {
-	Field string // relative to the section, e.g. "bootstrap[2]"
+	Field string // relative to the section, e.g. "rateLimit"
 	Msg   string
 }
 
@@ -152,7 +152,7 @@ func (c *Config) Validate() error {
 	}
 	for i, s := range c.Bootstrap {
 		if _, err := ParseBootstrap(s); err != nil {
-			bad(fmt.Sprintf("bootstrap[%d]", i), "%v", err)
+			bad("bootstrap", "entry %d: %v", i+1, err)
 		}
 	}
 	if c.Workers < 0 || c.Workers > 256 {

@@ -67,7 +67,7 @@ func TestConfigValidate(t *testing.T) {
 		}
 		fields = append(fields, fe.Field)
 	}
-	want := "port bind4 bind6 k alpha dialect bootstrap[0] rateLimit"
+	want := "port bind4 bind6 k alpha dialect bootstrap rateLimit"
 	if strings.Join(fields, " ") != want {
 		t.Fatalf("fields %v, want %s", fields, want)
 	}

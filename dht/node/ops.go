@@ -507,7 +507,7 @@ func (n *Node) publish(ctx context.Context, target identity.ID, send func(ctx co
 		defer mu.Unlock()
 		res.Stored += pr.Stored
 		res.Failed += pr.Failed
-		if err != nil && pr.Stored == 0 && pr.Failed == 0 && len(res.Errors) < 16 {
+		if err != nil && pr.Stored == 0 && pr.Failed == 0 && !errors.Is(err, lookup.ErrNoSeeds) && len(res.Errors) < 16 {
 			res.Errors = append(res.Errors, err)
 		}
 	})
