@@ -128,6 +128,9 @@ func (n *Node) ServeDatagram(out, pkt []byte, from netip.AddrPort) []byte {
 // ServeUDP handles one inbound datagram (udpserver.Handler).
 func (in *instance) ServeUDP(out, pkt []byte, from netip.AddrPort) []byte {
 	n := in.n
+	if !n.ready.Load() {
+		return nil // Start is still setting up the families
+	}
 	from = unmap(from)
 	n.m.bytesIn.Add(float64(len(pkt)))
 	switch {
@@ -293,6 +296,11 @@ func (in *instance) handle(sc *scratch, id identity.ID, from netip.AddrPort, fr 
 			reply.Value, reply.HasValue = v, true
 		} else {
 			in.fillNodes(sc, req.Target, req.Want)
+			if d == message.V3 && len(reply.Nodes4) == 0 && len(reply.Nodes6) == 0 {
+				// 3.x cannot express "no value, no nodes" (a response
+				// must carry one or the other): say so with an error.
+				return in.fail(sc, message.CodeGeneric, "no value and no verified nodes")
+			}
 		}
 		if d == message.V2 { // v2 returns a token with every FIND_VALUE
 			reply.Token = n.tokens.Issue(id, from, req.Target, now)

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/elacity/pc2/core/clock"
@@ -104,7 +105,8 @@ type Node struct {
 	limOut *ratelimit.Limiter[netip.AddrPort]
 
 	dialects *dialects
-	inst     []*instance // IPv4 first when present
+	inst     []*instance // IPv4 first when present; fixed once ready
+	ready    atomic.Bool // Start has set inst: datagrams are served
 
 	ctx     context.Context
 	cancel  context.CancelFunc
@@ -248,6 +250,7 @@ func (n *Node) Start(ctx context.Context) error {
 		n.Close()
 		return errors.New("dht: no address family to listen on")
 	}
+	n.ready.Store(true)
 	n.gauges()
 	for _, in := range n.inst {
 		in.restore()
