@@ -299,6 +299,10 @@ func (n *Node) GetValueFrom(ctx context.Context, c Contact, id identity.ID, opt 
 		m.CAS, m.HasCAS = cas, true
 	}
 	resp, err := in.call(ctx, c, &m, 1)
+	var re *RemoteError
+	if errors.As(err, &re) {
+		return v, false, nil // e.g. 201: no value and no nodes to refer to
+	}
 	if err != nil {
 		return v, false, err
 	}
