@@ -22,6 +22,7 @@ import (
 	"github.com/elacity/pc2/core/identity"
 	"github.com/elacity/pc2/gateway/testcert"
 	"github.com/elacity/pc2/plugins/registry/client"
+	"github.com/elacity/pc2/plugins/registry/dhtpub"
 	"github.com/elacity/pc2/plugins/registry/wire"
 )
 
@@ -201,6 +202,36 @@ names:
 	if err != nil || strings.TrimSpace(string(out)) != "127.0.0.1" {
 		t.Fatalf("dig: %v %q", err, out)
 	}
+
+	// The name is announced in the DHT: a separate client process finds the
+	// supernode-signed record carrying alice's owner proof.
+	nameID := dhtpub.NameID("alice.ela.city")
+	boot := super.ID.String() + "@" + super.Extra["dht.udp4"]
+	var found bool
+	var last result
+	defer func() {
+		if !found {
+			t.Logf("last find-peer: code %d\n%s%s", last.code, last.stdout, last.stderr)
+		}
+	}()
+	waitFor(t, "alice.ela.city in the DHT", 20*time.Second, func() bool {
+		r := pc2(t, "", "dht", "find-peer", nameID.String(), "--bootstrap", boot, "--json", "--dev")
+		last = r
+		var peers []struct {
+			Node  string `json:"node"`
+			Extra struct {
+				Record *wire.Record `json:"record"`
+			} `json:"extra"`
+		}
+		if r.code != 0 || json.Unmarshal([]byte(r.stdout), &peers) != nil {
+			return false
+		}
+		for _, p := range peers {
+			rec := p.Extra.Record
+			found = found || (p.Node == super.ID.String() && rec != nil && rec.Name == "alice.ela.city" && rec.VerifyProof() == nil)
+		}
+		return found
+	})
 
 	// Another key may not take alice.
 	r := pc2(t, "", "name", "register", "alice.ela.city", "--target", "127.0.0.1:9", "--registry", api, "--data", newKeyDir(t))

@@ -40,14 +40,6 @@ type usageError struct{ msg string }
 
 func (e usageError) Error() string { return e.msg }
 
-// notBuilt is what a command that has not landed yet returns: it says so
-// and fails instead of pretending.
-func notBuilt(lands string) func(context.Context, *stdio, *flag.FlagSet, []string) error {
-	return func(context.Context, *stdio, *flag.FlagSet, []string) error {
-		return fmt.Errorf("not built yet: it lands with %s (see the README's roadmap)", lands)
-	}
-}
-
 func root() *command {
 	return &command{
 		name:    "pc2",
@@ -58,7 +50,7 @@ func root() *command {
 			nodeCommand(roleNode),
 			devnetCommand(),
 			natlabCommand(),
-			{name: "dht", summary: "run a Level 2 DHT participant or query the DHT", run: notBuilt("the DHT work")},
+			dhtCommand(),
 			nameCommand(),
 			versionCommand(),
 		},

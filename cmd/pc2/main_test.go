@@ -197,14 +197,6 @@ func TestHelpEverywhere(t *testing.T) {
 	}
 }
 
-func TestUnbuiltCommandsSaySoAndFail(t *testing.T) {
-	for _, c := range []string{"dht"} {
-		if r := pc2(t, "", c); r.code == 0 || !strings.Contains(r.stderr, "not built yet") {
-			t.Errorf("pc2 %s: code %d %q", c, r.code, r.stderr)
-		}
-	}
-}
-
 // The devnet is `make run`: three real processes that come up, print their
 // ids, and all go away on Ctrl-C.
 func TestDevnetStartsAndStopsCleanly(t *testing.T) {

@@ -8,11 +8,13 @@ import (
 
 	"github.com/elacity/pc2/core/config"
 	"github.com/elacity/pc2/core/host"
+	dhtnode "github.com/elacity/pc2/dht/node"
 	"github.com/elacity/pc2/gateway/dns"
 	"github.com/elacity/pc2/gateway/httproute"
 	"github.com/elacity/pc2/gateway/sniproxy"
 	"github.com/elacity/pc2/plugins/registry"
 	"github.com/elacity/pc2/plugins/registry/client"
+	"github.com/elacity/pc2/plugins/registry/dhtpub"
 )
 
 type role struct {
@@ -26,17 +28,20 @@ type role struct {
 
 var roleSupernode = role{
 	role:    config.RoleSupernode,
-	summary: "run a supernode: gateway, tunnels, names, DNS and DHT (Level 4)",
+	summary: "run a supernode: gateway, names, DNS and DHT (Level 4)",
 	help: `A supernode needs nothing else running. With --dev it starts with no
-config file: state in a temporary directory, metrics on a free loopback
-port. The gateway, tunnels, registry, DNS and DHT services are added to the
-supernode as they land (see the README's roadmap). It runs: the name
-registry API (section registry), authoritative DNS (dns), plain HTTP routed
-by Host (http) and TLS passthrough routed by SNI (sni).`,
+config file: state in a temporary directory, free loopback ports. It runs a
+bootstrap DHT node (section dht), the name registry API (registry) whose
+names it announces in the DHT (dhtpub), authoritative DNS (dns), plain HTTP
+routed by Host (http) and TLS passthrough routed by SNI (sni).`,
 	services: func() []host.Service {
+		dht := dhtnode.NewService()
+		pub := dhtpub.New(dht)
 		reg := registry.New()
-		// The registry starts first: DNS reads its zones at start.
-		return []host.Service{reg, dns.New(reg), httproute.New(reg), sniproxy.NewService(reg)}
+		reg.Publisher = pub
+		// Start order matters: the DHT before the publisher, the registry
+		// before DNS, which reads its zones at start.
+		return []host.Service{dht, pub, reg, dns.New(reg), httproute.New(reg), sniproxy.NewService(reg)}
 	},
 }
 
