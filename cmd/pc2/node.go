@@ -13,6 +13,7 @@ import (
 	"github.com/elacity/pc2/gateway/sniproxy"
 	"github.com/elacity/pc2/plugins/registry"
 	"github.com/elacity/pc2/plugins/registry/client"
+	"github.com/elacity/pc2/relay/tunnel"
 )
 
 type role struct {
@@ -32,11 +33,16 @@ config file: state in a temporary directory, metrics on a free loopback
 port. The gateway, tunnels, registry, DNS and DHT services are added to the
 supernode as they land (see the README's roadmap). It runs: the name
 registry API (section registry), authoritative DNS (dns), plain HTTP routed
-by Host (http) and TLS passthrough routed by SNI (sni).`,
+by Host (http), QUIC tunnels for nodes behind NAT (tunnel, UDP :8090) and TLS
+passthrough routed by SNI (sni); a name whose owner holds a tunnel here is
+served over the tunnel.`,
 	services: func() []host.Service {
 		reg := registry.New()
+		tun := tunnel.NewServerService(reg)
+		sni := sniproxy.NewService(reg)
+		sni.Tunnels = tun // names of nodes with a tunnel here go over it
 		// The registry starts first: DNS reads its zones at start.
-		return []host.Service{reg, dns.New(reg), httproute.New(reg), sniproxy.NewService(reg)}
+		return []host.Service{reg, dns.New(reg), httproute.New(reg), tun, sni}
 	},
 }
 
@@ -45,8 +51,11 @@ var roleNode = role{
 	summary: "run a user node (Level 1)",
 	help: `A user node exposes local services through supernodes and talks to other
 nodes directly. With --dev it starts with no config file. It keeps the names
-of its "names" section registered at a supernode and renews them.`,
-	services: func() []host.Service { return []host.Service{client.NewService()} },
+of its "names" section registered at a supernode and renews them, and keeps
+a QUIC tunnel to the supernode of its "tunnel-client" section (supernode,
+supernodeID, services: [{name: https, addr: 127.0.0.1:4200}]), so its names
+are served through the supernode even behind NAT.`,
+	services: func() []host.Service { return []host.Service{client.NewService(), tunnel.NewClientService()} },
 }
 
 func nodeCommand(r role) *command {
