@@ -53,7 +53,8 @@ type Client struct {
 	up        atomic.Bool
 	Connects  atomic.Int64 // successful tunnel handshakes
 	Attempts  atomic.Int64 // tunnel dials, successful or not
-	upCh      chan struct{}
+	wake      chan struct{}
+	conn      atomic.Pointer[quic.Conn] // the live tunnel, for tests
 	mu        sync.Mutex
 	cancel    context.CancelFunc
 	done      chan struct{}
@@ -81,7 +82,7 @@ func NewClient(kp *identity.KeyPair, cfg ClientConfig) *Client {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Client{cfg: cfg, kp: kp, log: log, upCh: make(chan struct{})}
+	return &Client{cfg: cfg, kp: kp, log: log, wake: make(chan struct{}, 1)}
 }
 
 // Up reports whether the tunnel is connected.
@@ -105,6 +106,7 @@ func (c *Client) Start() error {
 		defer close(c.done)
 		defer udp.Close()
 		defer tr.Close()
+		go c.readWakes(ctx, tr)
 		c.loop(ctx, tr, tlsConf)
 	}()
 	return nil
@@ -124,6 +126,7 @@ func (c *Client) Close() error {
 func (c *Client) loop(ctx context.Context, tr *quic.Transport, tlsConf *tls.Config) {
 	qc := quicid.Config(c.cfg.MaxStreams, Idle)
 	qc.KeepAlivePeriod = Idle / 2
+	qc.EnableDatagrams = true
 	failures := 0
 	for {
 		if err := c.connectOnce(ctx, tr, tlsConf, qc); err != nil && ctx.Err() == nil {
@@ -144,6 +147,34 @@ func (c *Client) loop(ctx context.Context, tr *quic.Transport, tlsConf *tls.Conf
 			t.Stop()
 			return
 		case <-t.C:
+		case <-c.wake: // the supernode is back: retry now
+			t.Stop()
+		}
+	}
+}
+
+// readWakes passes wake messages from the supernode's address to the
+// loop, at most one per 100 ms.
+func (c *Client) readWakes(ctx context.Context, tr *quic.Transport) {
+	buf := make([]byte, 64)
+	var last time.Time
+	for {
+		n, from, err := tr.ReadNonQUICPacket(ctx, buf)
+		if err != nil {
+			return
+		}
+		if n != len(wakeMessage) || string(buf[:n]) != string(wakeMessage) || time.Since(last) < 100*time.Millisecond {
+			continue
+		}
+		want, err := net.ResolveUDPAddr("udp", c.cfg.Supernode)
+		ua, ok := from.(*net.UDPAddr)
+		if err != nil || !ok || ua.Port != want.Port || !ua.IP.Equal(want.IP) {
+			continue
+		}
+		last = time.Now()
+		select {
+		case c.wake <- struct{}{}:
+		default:
 		}
 	}
 }
@@ -172,8 +203,21 @@ func (c *Client) connectOnce(ctx context.Context, tr *quic.Transport, tlsConf *t
 		return fmt.Errorf("dial %s: %w", c.cfg.Supernode, err)
 	}
 	c.Connects.Add(1)
+	c.conn.Store(conn)
 	c.up.Store(true)
 	c.log.Info("tunnel up", "supernode", c.cfg.Supernode)
+	go func() {
+		for {
+			select {
+			case <-conn.Context().Done():
+				return
+			case <-c.wake:
+				// One datagram: a live supernode ignores it, a restarted
+				// one answers with a stateless reset, ending conn now.
+				_ = conn.SendDatagram([]byte{0})
+			}
+		}
+	}()
 	for {
 		st, err := conn.AcceptStream(ctx)
 		if err != nil {

@@ -46,8 +46,19 @@ type ServerConfig struct {
 	// so a restart storm cannot melt the supernode.
 	HandshakesPerSecond float64
 	HandshakeBurst      int
-	Logger              *slog.Logger
+	// OnUp is called (on its own goroutine) with each new tunnel's node
+	// id and address, so a supernode can remember whom to Wake after a
+	// restart.
+	OnUp   func(id identity.ID, addr net.Addr)
+	Logger *slog.Logger
 }
+
+// wakeMessage is what a restarted supernode sends to the nodes it served
+// before. Its first byte has the QUIC fixed bit clear, so quic-go hands it
+// to the node's non-QUIC reader. It carries no authority: the node only
+// probes its tunnel, and only a stateless reset from the supernode's key
+// (or the idle timeout) ends it.
+var wakeMessage = []byte("\x00pc2-tunnel-wake/1")
 
 // Server accepts node tunnels and opens visitor streams on them.
 type Server struct {
@@ -116,6 +127,7 @@ func (s *Server) Listen(addr string) (net.Addr, error) {
 	s.tr = &quic.Transport{Conn: udp, StatelessResetKey: quicid.StatelessResetKey(s.kp)}
 	qc := quicid.Config(0, Idle) // nodes open no streams to the server
 	qc.MaxIncomingStreams = -1
+	qc.EnableDatagrams = true // wake probes from nodes; never read
 	ln, err := s.tr.Listen(tlsConf, qc)
 	if err != nil {
 		s.tr.Close()
@@ -163,6 +175,9 @@ func (s *Server) acceptLoop() {
 		}
 		s.Accepted.Add(1)
 		s.log.Info("tunnel up", "node", id, "from", conn.RemoteAddr())
+		if s.cfg.OnUp != nil {
+			go s.cfg.OnUp(id, conn.RemoteAddr())
+		}
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
@@ -174,6 +189,16 @@ func (s *Server) acceptLoop() {
 			s.mu.Unlock()
 			s.log.Info("tunnel down", "node", id, "err", context.Cause(conn.Context()))
 		}()
+	}
+}
+
+// Wake tells the nodes at addrs that this supernode is back, so they probe
+// their tunnel now instead of at their next keep-alive: a node whose
+// tunnel died with the previous process gets a stateless reset and
+// reconnects at once. Call it after Listen.
+func (s *Server) Wake(addrs []netip.AddrPort) {
+	for _, a := range addrs {
+		s.tr.WriteTo(wakeMessage, net.UDPAddrFromAddrPort(a))
 	}
 }
 

@@ -5,11 +5,18 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"sync/atomic"
 
 	"github.com/elacity/pc2/core/host"
 	"github.com/elacity/pc2/core/identity"
+	"github.com/elacity/pc2/core/store"
 )
+
+// maxRemembered bounds the node addresses kept for waking after a restart.
+const maxRemembered = 100_000
+
+type storeTx = store.Tx
 
 // Registrations tells whether a node id owns names here; the registry
 // implements it. By default only such nodes may hold a tunnel.
@@ -100,7 +107,24 @@ func (s *ServerService) Start(ctx context.Context, h host.Handle) error {
 		}
 		return errors.New("node id owns no name here and is not on the allow list")
 	}
+	store := h.Storage()
+	log := h.Logger()
 	srv := NewServer(h.Identity(), ServerConfig{
+		OnUp: func(id identity.ID, addr net.Addr) {
+			ua, ok := addr.(*net.UDPAddr)
+			if !ok {
+				return
+			}
+			err := store.Batch(func(tx *storeTx) error {
+				if tx.Get(id[:]) == nil && tx.Len() >= maxRemembered {
+					return nil
+				}
+				return tx.Put(id[:], []byte(ua.AddrPort().String()))
+			})
+			if err != nil {
+				log.Warn("tunnel: cannot remember node address", "err", err)
+			}
+		},
 		Admit: admit, MaxStreamsPerNode: c.MaxStreamsPerNode, BytesPerSecond: c.BytesPerSecond,
 		HandshakesPerSecond: c.HandshakesPerSecond, HandshakeBurst: c.HandshakeBurst, Logger: h.Logger(),
 	})
@@ -110,6 +134,16 @@ func (s *ServerService) Start(ctx context.Context, h host.Handle) error {
 	}
 	s.addr = addr
 	s.srv.Store(srv)
+	var known []netip.AddrPort
+	_ = store.View(func(tx *storeTx) error {
+		return tx.ForEach(nil, func(_, v []byte) error {
+			if ap, err := netip.ParseAddrPort(string(v)); err == nil {
+				known = append(known, ap)
+			}
+			return nil
+		})
+	})
+	srv.Wake(known)
 	m := h.Metrics()
 	m.Gauge("tunnels", func() float64 { return float64(srv.Len()) })
 	m.Gauge("tunnels_accepted", func() float64 { return float64(srv.Accepted.Load()) })

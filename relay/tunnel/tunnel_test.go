@@ -314,3 +314,58 @@ func TestBackoff(t *testing.T) {
 		}
 	}
 }
+
+// TestWakeAfterCrash: a supernode that dies without closing its tunnels
+// (kill -9: no CONNECTION_CLOSE) and comes back wakes its nodes, which
+// reconnect long before their keep-alive would have found out.
+func TestWakeAfterCrash(t *testing.T) {
+	srvKey, cliKey := newKey(t), newKey(t)
+	seen := make(chan net.Addr, 1)
+	srv := NewServer(srvKey, ServerConfig{OnUp: func(_ identity.ID, a net.Addr) { seen <- a }})
+	a, err := srv.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cli := NewClient(cliKey, ClientConfig{Supernode: a.String(), SupernodeID: srvKey.ID(), LocalUDP: "127.0.0.1:0",
+		Services: map[string]Local{"echo": {Addr: echoServer(t)}}})
+	cli.Start()
+	defer cli.Close()
+	var nodeAddr net.Addr
+	select {
+	case nodeAddr = <-seen:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no tunnel")
+	}
+	// Let the tunnel go quiet (handshake and path MTU probes done), as a
+	// long-lived idle tunnel is: no packet in flight to reveal the crash.
+	var lastSent uint64
+	quietSince := time.Now()
+	waitFor(t, "an idle tunnel", 5*time.Second, func() bool {
+		n := cli.conn.Load().ConnectionStats().PacketsSent
+		if n != lastSent {
+			lastSent, quietSince = n, time.Now()
+		}
+		return time.Since(quietSince) > 500*time.Millisecond
+	})
+	// Crash: the socket goes away first, so no close frame leaves.
+	srv.tr.Conn.Close()
+	srv.Close()
+	if !cli.Up() {
+		t.Fatal("client saw the crash; the test needs a silent death")
+	}
+
+	srv2 := NewServer(srvKey, ServerConfig{})
+	if _, err := srv2.Listen(a.String()); err != nil {
+		t.Fatal(err)
+	}
+	defer srv2.Close()
+	start := time.Now()
+	srv2.Wake([]netip.AddrPort{nodeAddr.(*net.UDPAddr).AddrPort()})
+	// Without the wake the node would notice at its next keep-alive
+	// (Idle/2 = 7.5 s) at the earliest.
+	waitFor(t, "reconnect after wake", Idle/2-time.Second, func() bool { return srv2.Has(cliKey.ID()) })
+	t.Logf("node back %v after the restarted supernode woke it", time.Since(start))
+	if n := cli.Connects.Load(); n != 2 {
+		t.Fatalf("connects = %d, want 2", n)
+	}
+}
