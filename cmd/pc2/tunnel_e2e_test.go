@@ -12,6 +12,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -149,7 +151,7 @@ tunnel:
 	}
 
 	// The registered target is a dead port: only the tunnel reaches alice.
-	startPC2(t, "node", "--dev", "--data", t.TempDir(), "--config", writeFile(t, "node.yaml", fmt.Sprintf(`
+	startPC2(t, "node", "--dev", "--log-level", "debug", "--data", t.TempDir(), "--config", writeFile(t, "node.yaml", fmt.Sprintf(`
 metrics:
   listen: "off"
 names:
@@ -186,13 +188,29 @@ tunnel-client:
 		t.Errorf("curl did not see alice's own certificate:\n%s", verbose)
 	}
 
-	// kill -9 and restart on the same ports, data and identity.
-	super.kill9()
-	super2 := startPC2Proc(t, "supernode", "--dev", "--data", superData, "--config", superCfg)
-	listening := time.Now()
-	if super2.info.Extra["tunnel.listen"] != tun {
-		t.Fatalf("restarted tunnel endpoint %s, want %s", super2.info.Extra["tunnel.listen"], tun)
+	// kill -9 and restart on the same ports, data and identity, after the
+	// tunnel went quiet, so that nothing in flight reveals the death: the
+	// restarted supernode must wake the node. PC2_TUNNEL_RESTARTS=20 gives
+	// the issue's p95 figure.
+	restarts := 3
+	if v, err := strconv.Atoi(os.Getenv("PC2_TUNNEL_RESTARTS")); err == nil && v > 0 {
+		restarts = v
 	}
-	waitFor(t, "alice served after the supernode restart", 30*time.Second, served)
-	t.Logf("alice served again %v after the restarted supernode was ready", time.Since(listening))
+	var took []time.Duration
+	for i := range restarts {
+		time.Sleep(time.Second) // scenario: an idle tunnel, not a wait for a condition
+		super.kill9()
+		super = startPC2Proc(t, "supernode", "--dev", "--data", superData, "--config", superCfg)
+		listening := time.Now()
+		if super.info.Extra["tunnel.listen"] != tun {
+			t.Fatalf("restarted tunnel endpoint %s, want %s", super.info.Extra["tunnel.listen"], tun)
+		}
+		// Without the wake the node would notice at its next keep-alive,
+		// up to 7.5 s later; 5 s leaves room for a loaded machine.
+		waitFor(t, fmt.Sprintf("alice served after restart %d", i+1), 5*time.Second, served)
+		took = append(took, time.Since(listening))
+	}
+	slices.Sort(took)
+	p95 := took[(len(took)*95+99)/100-1]
+	t.Logf("alice served again after kill -9 + restart: %d restarts, min %v, p95 %v, max %v (goal: ≤ 2 s p95)", len(took), took[0], p95, took[len(took)-1])
 }

@@ -54,7 +54,7 @@ type Client struct {
 	Connects  atomic.Int64 // successful tunnel handshakes
 	Attempts  atomic.Int64 // tunnel dials, successful or not
 	wake      chan struct{}
-	conn      atomic.Pointer[quic.Conn] // the live tunnel, for tests
+	conn      atomic.Pointer[quic.Conn] // the latest tunnel
 	mu        sync.Mutex
 	cancel    context.CancelFunc
 	done      chan struct{}
@@ -153,6 +153,9 @@ func (c *Client) loop(ctx context.Context, tr *quic.Transport, tlsConf *tls.Conf
 	}
 }
 
+// probe is the wake probe's payload.
+var probe [64]byte
+
 // readWakes passes wake messages from the supernode's address to the
 // loop, at most one per 100 ms.
 func (c *Client) readWakes(ctx context.Context, tr *quic.Transport) {
@@ -172,7 +175,17 @@ func (c *Client) readWakes(ctx context.Context, tr *quic.Transport) {
 			continue
 		}
 		last = time.Now()
-		select {
+		if conn := c.conn.Load(); conn != nil && c.up.Load() {
+			// One datagram: a live supernode ignores it, a restarted one
+			// answers with a stateless reset, ending the tunnel now. It
+			// must be larger than quic-go's MinStatelessResetSize (42), or
+			// no reset is sent.
+			err := conn.SendDatagram(probe[:])
+			c.log.Debug("tunnel: woken; probing the tunnel", "err", err)
+			continue
+		}
+		c.log.Debug("tunnel: woken while down; retrying now")
+		select { // down: cut the backoff short
 		case c.wake <- struct{}{}:
 		default:
 		}
@@ -206,18 +219,6 @@ func (c *Client) connectOnce(ctx context.Context, tr *quic.Transport, tlsConf *t
 	c.conn.Store(conn)
 	c.up.Store(true)
 	c.log.Info("tunnel up", "supernode", c.cfg.Supernode)
-	go func() {
-		for {
-			select {
-			case <-conn.Context().Done():
-				return
-			case <-c.wake:
-				// One datagram: a live supernode ignores it, a restarted
-				// one answers with a stateless reset, ending conn now.
-				_ = conn.SendDatagram([]byte{0})
-			}
-		}
-	}()
 	for {
 		st, err := conn.AcceptStream(ctx)
 		if err != nil {
