@@ -6,8 +6,10 @@ import (
 	"crypto/rand"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -48,11 +50,16 @@ func echoServer(t testing.TB) string {
 		for {
 			c, err := ln.Accept()
 			if err != nil {
+				if !errors.Is(err, net.ErrClosed) {
+					t.Errorf("echo server: accept: %v", err)
+				}
 				return
 			}
 			go func() {
 				defer c.Close()
-				io.Copy(c, c)
+				// Plain copies: io.Copy(c, c) would splice, holding a
+				// pipe (two more descriptors) per connection.
+				io.Copy(struct{ io.Writer }{c}, struct{ io.Reader }{c})
 				c.(*net.TCPConn).CloseWrite()
 			}()
 		}
@@ -78,7 +85,7 @@ func startPair(t testing.TB, scfg ServerConfig, services map[string]Local) *pair
 	}
 	p.addr = a.String()
 	t.Cleanup(func() { p.srv.Close() })
-	p.cli = NewClient(p.cliKey, ClientConfig{Supernode: p.addr, SupernodeID: p.srvKey.ID(), Services: services, LocalUDP: "127.0.0.1:0"})
+	p.cli = NewClient(p.cliKey, ClientConfig{Supernode: p.addr, SupernodeID: p.srvKey.ID(), Services: services, LocalUDP: "127.0.0.1:0", Logger: testLogger(t)})
 	if err := p.cli.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -368,4 +375,16 @@ func TestWakeAfterCrash(t *testing.T) {
 	if n := cli.Connects.Load(); n != 2 {
 		t.Fatalf("connects = %d, want 2", n)
 	}
+}
+
+// testLogger logs warnings and errors to the test log.
+func testLogger(t testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
+type tWriter struct{ t testing.TB }
+
+func (w tWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
 }
