@@ -345,6 +345,7 @@ func TestWakeAfterCrash(t *testing.T) {
 	}
 	// Let the tunnel go quiet (handshake and path MTU probes done), as a
 	// long-lived idle tunnel is: no packet in flight to reveal the crash.
+	waitFor(t, "client side up", 5*time.Second, cli.Up)
 	var lastSent uint64
 	quietSince := time.Now()
 	waitFor(t, "an idle tunnel", 5*time.Second, func() bool {
