@@ -3,6 +3,7 @@ package tunnel
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
 	"fmt"
 	"io"
 	"net"
@@ -15,6 +16,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/elacity/pc2/core/identity"
 )
 
 // discardServer reads every connection to EOF and answers with the byte
@@ -171,7 +174,12 @@ func TestManyConcurrentStreams(t *testing.T) {
 
 const echoEnv = "PC2_TUNNEL_TEST_ECHO"
 
+const clientsEnv = "PC2_TUNNEL_TEST_CLIENTS" // "n supernode-addr supernode-id"
+
 func TestMain(m *testing.M) {
+	if v := os.Getenv(clientsEnv); v != "" {
+		os.Exit(runClients(v))
+	}
 	if os.Getenv(echoEnv) == "1" {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
@@ -219,4 +227,67 @@ func echoProcess(t *testing.T) string {
 		t.Fatalf("echo process: %v", err)
 	}
 	return strings.TrimSpace(line)
+}
+
+// runClients is the child side of TestIdleTunnelMemory: n tunnel clients
+// to one supernode, until stdin closes.
+func runClients(spec string) int {
+	var n int
+	var addr, idText string
+	if _, err := fmt.Sscan(spec, &n, &addr, &idText); err != nil {
+		return 2
+	}
+	sid, err := identity.ParseID(idText)
+	if err != nil {
+		return 2
+	}
+	for range n {
+		kp, _ := identity.Generate(rand.Reader)
+		c := NewClient(kp, ClientConfig{Supernode: addr, SupernodeID: sid, LocalUDP: "127.0.0.1:0"})
+		if err := c.Start(); err != nil {
+			return 1
+		}
+	}
+	io.Copy(io.Discard, os.Stdin)
+	return 0
+}
+
+// TestIdleTunnelMemory reports the supernode's heap and goroutines per
+// idle tunnel: the clients run in a child process, so only the server's
+// side is measured. PC2_TUNNEL_IDLE sets the count (default 200).
+func TestIdleTunnelMemory(t *testing.T) {
+	n := 200
+	if v, err := strconv.Atoi(os.Getenv("PC2_TUNNEL_IDLE")); err == nil && v > 0 {
+		n = v
+	}
+	srvKey := newKey(t)
+	srv := NewServer(srvKey, ServerConfig{HandshakesPerSecond: 1e6, HandshakeBurst: n})
+	a, err := srv.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	runtime.GC()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	g0 := runtime.NumGoroutine()
+
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(exe)
+	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%d %s %s", clientsEnv, n, a, srvKey.ID()))
+	stdin, _ := cmd.StdinPipe()
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { stdin.Close(); cmd.Wait() }()
+	waitFor(t, fmt.Sprintf("%d tunnels", n), 60*time.Second, func() bool { return srv.Len() == n })
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	perTunnel := float64(int64(after.HeapInuse)-int64(before.HeapInuse)) / float64(n) / 1024
+	t.Logf("%d idle tunnels: supernode heap %.1f KiB per tunnel, %.1f goroutines per tunnel (goal ≤ 16 KiB; stacks not included)",
+		n, perTunnel, float64(runtime.NumGoroutine()-g0)/float64(n))
 }
