@@ -178,17 +178,18 @@ func (s *Server) acceptLoop() {
 		if s.cfg.OnUp != nil {
 			go s.cfg.OnUp(id, conn.RemoteAddr())
 		}
+		// AfterFunc rather than a goroutine: an idle tunnel holds no
+		// stack of ours.
 		s.wg.Add(1)
-		go func() {
+		context.AfterFunc(conn.Context(), func() {
 			defer s.wg.Done()
-			<-conn.Context().Done()
 			s.mu.Lock()
 			if s.tunnels[id] == t {
 				delete(s.tunnels, id)
 			}
 			s.mu.Unlock()
 			s.log.Info("tunnel down", "node", id, "err", context.Cause(conn.Context()))
-		}()
+		})
 	}
 }
 
