@@ -127,6 +127,7 @@ func (c *Client) loop(ctx context.Context, tr *quic.Transport, tlsConf *tls.Conf
 	qc := quicid.Config(c.cfg.MaxStreams, Idle)
 	qc.KeepAlivePeriod = Idle / 2
 	qc.EnableDatagrams = true
+	qc.MaxIncomingUniStreams = 1 // the welcome
 	failures := 0
 	for {
 		if err := c.connectOnce(ctx, tr, tlsConf, qc); err != nil && ctx.Err() == nil {
@@ -214,6 +215,10 @@ func (c *Client) connectOnce(ctx context.Context, tr *quic.Transport, tlsConf *t
 	cancel()
 	if err != nil {
 		return fmt.Errorf("dial %s: %w", c.cfg.Supernode, err)
+	}
+	if err := awaitWelcome(ctx, conn); err != nil {
+		conn.CloseWithError(0, "")
+		return fmt.Errorf("not admitted by %s: %w", c.cfg.Supernode, err)
 	}
 	c.Connects.Add(1)
 	c.conn.Store(conn)
@@ -312,4 +317,23 @@ func relay(lc net.Conn, st *quic.Stream) {
 	}
 	wg.Wait()
 	lc.Close()
+}
+
+// awaitWelcome waits for the supernode's admission byte.
+func awaitWelcome(ctx context.Context, conn *quic.Conn) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	st, err := conn.AcceptUniStream(ctx)
+	if err != nil {
+		return err
+	}
+	var b [1]byte
+	st.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(st, b[:]); err != nil {
+		return err
+	}
+	if b[0] != welcome {
+		return fmt.Errorf("welcome version %d, want %d", b[0], welcome)
+	}
+	return nil
 }

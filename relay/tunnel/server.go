@@ -162,6 +162,12 @@ func (s *Server) acceptLoop() {
 			conn.CloseWithError(1, "no node id")
 			continue
 		}
+		// Admission is settled: tell the node (a TLS 1.3 client finishes
+		// its handshake before the server has checked its certificate).
+		if err := sendWelcome(conn); err != nil {
+			conn.CloseWithError(1, "welcome failed")
+			continue
+		}
 		t := &tunnelConn{id: id, conn: conn}
 		if s.cfg.BytesPerSecond > 0 {
 			t.rate = newBucket(s.cfg.BytesPerSecond, max(s.cfg.BytesPerSecond, 256<<10))
@@ -276,4 +282,19 @@ func (s *Server) Close() error {
 	})
 	s.wg.Wait()
 	return nil
+}
+
+// welcome is the one byte the supernode sends on a uni-stream once it has
+// admitted a node: the protocol version.
+const welcome = Version
+
+func sendWelcome(conn *quic.Conn) error {
+	st, err := conn.OpenUniStream()
+	if err != nil {
+		return err
+	}
+	if _, err := st.Write([]byte{welcome}); err != nil {
+		return err
+	}
+	return st.Close()
 }

@@ -172,7 +172,7 @@ func TestAdmissionRefused(t *testing.T) {
 	cli.Start()
 	defer cli.Close()
 	waitFor(t, "two attempts", 10*time.Second, func() bool { return cli.Attempts.Load() >= 2 })
-	if srv.Has(cliKey.ID()) || srv.Accepted.Load() != 0 {
+	if srv.Has(cliKey.ID()) || srv.Accepted.Load() != 0 || cli.Connects.Load() != 0 || cli.Up() {
 		t.Fatal("server accepted a node its admission check refused")
 	}
 }
