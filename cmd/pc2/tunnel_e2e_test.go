@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/elacity/pc2/core/host"
+	"github.com/elacity/pc2/gateway/proxyproto"
 	"github.com/elacity/pc2/gateway/testcert"
 )
 
@@ -213,4 +214,77 @@ tunnel-client:
 	slices.Sort(took)
 	p95 := took[(len(took)*95+99)/100-1]
 	t.Logf("alice served again after kill -9 + restart: %d restarts, min %v, p95 %v, max %v (goal: ≤ 2 s p95)", len(took), took[0], p95, took[len(took)-1])
+}
+
+// TestTunnelProxyProtocol: with sni.proxyProtocol on, the node's local
+// service gets the visitor's address and the server name in a PROXY v2
+// header that crossed the tunnel.
+func TestTunnelProxyProtocol(t *testing.T) {
+	if _, err := exec.LookPath("curl"); err != nil {
+		t.Skip("needs curl (installed by `make deps` as root)")
+	}
+	cert, _, err := testcert.New("alice.ela.city")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	headers := make(chan proxyproto.Header, 16)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(10 * time.Second))
+				h, err := proxyproto.Read(c, 512)
+				if err != nil {
+					return
+				}
+				headers <- h
+				tc := tls.Server(c, &tls.Config{Certificates: []tls.Certificate{cert}})
+				if _, err := http.ReadRequest(bufio.NewReader(tc)); err != nil {
+					return
+				}
+				io.WriteString(tc, "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n")
+			}()
+		}
+	}()
+	super := startPC2(t, "supernode", "--dev", "--data", t.TempDir(), "--config", writeFile(t, "supernode.yaml", `
+metrics:
+  listen: "off"
+registry:
+  domains: [ela.city]
+sni:
+  proxyProtocol: true
+`))
+	api, sni, tun := super.Extra["registry.api"], super.Extra["sni.listen"], super.Extra["tunnel.listen"]
+	startPC2(t, "node", "--dev", "--data", t.TempDir(), "--config", writeFile(t, "node.yaml", fmt.Sprintf(`
+metrics:
+  listen: "off"
+names:
+  registry: %s
+  names:
+    - name: alice.ela.city
+      target: 127.0.0.1:9
+tunnel-client:
+  supernode: %s
+  supernodeID: %s
+  services:
+    - name: https
+      addr: %s
+`, api, tun, super.ID, ln.Addr())))
+	waitFor(t, "alice served through the tunnel", 30*time.Second, func() bool {
+		err := exec.Command("curl", "-sSk", "--max-time", "3", "--noproxy", "*", "--resolve", "alice.ela.city:"+port(t, sni)+":127.0.0.1", "https://alice.ela.city:"+port(t, sni)+"/").Run()
+		return err == nil
+	})
+	h := <-headers
+	if h.Source.Addr().String() != "127.0.0.1" || h.Authority != "alice.ela.city" || port(t, sni) != strconv.Itoa(int(h.Destination.Port())) {
+		t.Fatalf("PROXY header at the node: %+v", h)
+	}
 }
