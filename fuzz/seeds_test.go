@@ -15,6 +15,7 @@ func TestWriteSeedCorpus(t *testing.T) {
 		"FuzzClientHello":  clientHelloSeeds(),
 		"FuzzProxyProtoV2": proxyProtoSeeds(),
 		"FuzzSTUNAnswer":   stunSeeds(),
+		"FuzzTunnelHeader": tunnelHeaderSeeds(),
 	}
 	for name, seeds := range targets {
 		dir := filepath.Join("testdata", "fuzz", name)

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/elacity/pc2/core/host"
+	"github.com/elacity/pc2/core/identity"
 )
 
 // TLSTargets finds the backend of a server name; the name registry
@@ -15,6 +16,23 @@ import (
 type TLSTargets interface {
 	TLSTarget(serverName string) (addr string, ok bool)
 }
+
+// Owners finds the node id that owns a server name; the name registry
+// implements it. With Tunnels, it lets the gateway serve names whose
+// owner holds a tunnel here.
+type Owners interface {
+	Owner(serverName string) (identity.ID, bool)
+}
+
+// Tunnels opens visitor streams on node tunnels; relay/tunnel implements
+// it.
+type Tunnels interface {
+	Has(id identity.ID) bool
+	Dial(ctx context.Context, id identity.ID, service string, visitor net.Addr) (net.Conn, error)
+}
+
+// TunnelService is the node-side service a tunnelled TLS visitor is sent to.
+const TunnelService = "https"
 
 // ServiceConfig is the "sni" section of a supernode's configuration.
 type ServiceConfig struct {
@@ -48,6 +66,11 @@ func DefaultServiceConfig(dev bool) ServiceConfig {
 
 // Service runs the passthrough proxy in a host under the section "sni".
 type Service struct {
+	// Tunnels, when set before Start, serves the names of nodes holding a
+	// tunnel here over that tunnel, ahead of their registered target; the
+	// targets must then implement Owners.
+	Tunnels Tunnels
+
 	targets TLSTargets
 	ln      net.Listener
 	cancel  context.CancelFunc
@@ -90,8 +113,18 @@ func (s *Service) Start(ctx context.Context, h host.Handle) error {
 		return err
 	}
 	proxyProtocol := c.ProxyProtocol
+	owners, _ := s.targets.(Owners)
+	tunnels := s.Tunnels
 	srv, err := New(Config{
 		Router: RouterFunc(func(_ context.Context, name string) (Target, error) {
+			if tunnels != nil && owners != nil {
+				if id, ok := owners.Owner(name); ok && tunnels.Has(id) {
+					return Target{Addr: "tunnel:" + id.String(), ProxyProtocol: proxyProtocol,
+						Dial: func(ctx context.Context, client net.Addr) (net.Conn, error) {
+							return tunnels.Dial(ctx, id, TunnelService, client)
+						}}, nil
+				}
+			}
 			if addr, ok := s.targets.TLSTarget(name); ok {
 				return Target{Addr: addr, ProxyProtocol: proxyProtocol}, nil
 			}

@@ -44,6 +44,10 @@ type Target struct {
 	// ProxyProtocol sends a PROXY v2 header (client address, and the
 	// server name as PP2_TYPE_AUTHORITY) before the ClientHello.
 	ProxyProtocol bool
+	// Dial, when set, opens the backend instead of Config.Dial, e.g. a
+	// stream on a node's tunnel; client is the visitor's address. Any
+	// net.Conn works; a CloseWrite method passes half-closes on.
+	Dial func(ctx context.Context, client net.Addr) (net.Conn, error)
 }
 
 // Router maps a TLS server name (lowercase, validated) to a Target. It
@@ -259,7 +263,12 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn, done func()) {
 	m.Routed.Inc()
 
 	dctx, cancel := context.WithTimeout(ctx, s.cfg.DialTimeout)
-	backend, err := s.cfg.Dial(dctx, target.Addr)
+	var backend net.Conn
+	if target.Dial != nil {
+		backend, err = target.Dial(dctx, c.RemoteAddr())
+	} else {
+		backend, err = s.cfg.Dial(dctx, target.Addr)
+	}
 	cancel()
 	if err != nil {
 		m.DialErrors.Inc()

@@ -3,6 +3,7 @@ package registry
 import (
 	"net/netip"
 
+	"github.com/elacity/pc2/core/identity"
 	"github.com/elacity/pc2/gateway/httproute"
 	"github.com/elacity/pc2/gateway/names"
 )
@@ -41,6 +42,28 @@ func (r *Registry) TLSTarget(serverName string) (string, bool) {
 		return e.target, true
 	}
 	return "", false
+}
+
+// Owner returns the node id that owns a live server name; the gateway
+// uses it to send the name's visitors over the owner's tunnel.
+func (r *Registry) Owner(serverName string) (identity.ID, bool) {
+	var buf [names.MaxName]byte
+	b, ok := names.Fold(buf[:], serverName)
+	if !ok {
+		return identity.ID{}, false
+	}
+	if e := r.lookup(b); e != nil {
+		return e.owner, true
+	}
+	return identity.ID{}, false
+}
+
+// Registered reports whether id owns at least one name; by default only
+// such nodes may open a tunnel.
+func (r *Registry) Registered(id identity.ID) bool {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.owners[id] > 0
 }
 
 // HTTPBackend implements httproute.Router.

@@ -12,6 +12,7 @@ import (
 
 	"github.com/elacity/pc2/core/clock"
 	"github.com/elacity/pc2/core/host"
+	"github.com/elacity/pc2/core/identity"
 	"github.com/elacity/pc2/gateway/httproute"
 	"github.com/elacity/pc2/gateway/names"
 )
@@ -215,6 +216,20 @@ func (s *Service) TLSTarget(serverName string) (string, bool) {
 		return r.TLSTarget(serverName)
 	}
 	return "", false
+}
+
+// Owner: see Registry.Owner.
+func (s *Service) Owner(serverName string) (identity.ID, bool) {
+	if r := s.reg.Load(); r != nil {
+		return r.Owner(serverName)
+	}
+	return identity.ID{}, false
+}
+
+// Registered: see Registry.Registered.
+func (s *Service) Registered(id identity.ID) bool {
+	r := s.reg.Load()
+	return r != nil && r.Registered(id)
 }
 
 // HTTPBackend implements httproute.Router.
