@@ -225,7 +225,10 @@ func printDevnet(w io.Writer, procs []*devProc, dataRoot string) {
 		fmt.Fprintf(&b, "  https://alice.pc2.localhost:%s/\n", sniPort)
 	}
 	fmt.Fprintf(&b, "\nTry:\n")
-	fmt.Fprintf(&b, "  %s name register alice.pc2.localhost --target 127.0.0.1:8443 --registry %s --data %s\n", self, super.Extra["registry.api"], alice.info.DataDir)
+	if len(procs) > 2 {
+		bob := procs[2]
+		fmt.Fprintf(&b, "  %s name register %s.pc2.localhost --target 127.0.0.1:8443 --registry %s --data %s\n", self, bob.name, super.Extra["registry.api"], bob.info.DataDir)
+	}
 	fmt.Fprintf(&b, "  %s name list --registry %s --data %s\n", self, super.Extra["registry.api"], alice.info.DataDir)
 	if _, dnsPort, err := net.SplitHostPort(super.Extra["dns.listen"]); err == nil {
 		fmt.Fprintf(&b, "  dig @127.0.0.1 -p %s alice.pc2.localhost +short\n", dnsPort)
