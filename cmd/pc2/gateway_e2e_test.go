@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -14,7 +13,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -31,56 +29,9 @@ import (
 // stopped with SIGTERM when the test ends, and must exit cleanly.
 func startPC2(t *testing.T, args ...string) host.Info {
 	t.Helper()
-	r, w, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(pc2Bin, args...)
-	cmd.Env = append(os.Environ(), "PC2_READY_FD=3")
-	cmd.ExtraFiles = []*os.File{w}
-	logs, _ := os.Create(filepath.Join(t.TempDir(), "log"))
-	cmd.Stdout, cmd.Stderr = logs, logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	w.Close()
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case err := <-exited:
-			if err != nil {
-				t.Errorf("pc2 %v exit: %v", args, err)
-			}
-		case <-time.After(20 * time.Second):
-			cmd.Process.Kill()
-			t.Errorf("pc2 %v did not stop", args)
-		}
-		if t.Failed() {
-			b, _ := os.ReadFile(logs.Name())
-			t.Logf("pc2 %v log:\n%s", args, b)
-		}
-	})
-	ready := make(chan host.Info, 1)
-	go func() {
-		line, err := bufio.NewReader(r).ReadBytes('\n')
-		var info host.Info
-		if err == nil && json.Unmarshal(line, &info) == nil {
-			ready <- info
-		}
-		r.Close()
-	}()
-	select {
-	case info := <-ready:
-		return info
-	case err := <-exited:
-		b, _ := os.ReadFile(logs.Name())
-		t.Fatalf("pc2 %v exited before ready: %v\n%s", args, err, b)
-	case <-time.After(30 * time.Second):
-		t.Fatalf("pc2 %v not ready in 30s", args)
-	}
-	return host.Info{}
+	p := startPC2Proc(t, args...)
+	p.cleanExit = true
+	return p.info
 }
 
 func writeFile(t *testing.T, name, body string) string {

@@ -24,13 +24,14 @@ import (
 	"github.com/elacity/pc2/gateway/testcert"
 )
 
-// pc2Proc is a pc2 process a test may kill -9 (startPC2 insists on a
-// clean exit).
+// pc2Proc is a pc2 process started by a test. It is stopped with SIGTERM
+// when the test ends; a test may kill -9 it first.
 type pc2Proc struct {
-	cmd    *exec.Cmd
-	exited chan error
-	log    string
-	info   host.Info
+	cmd       *exec.Cmd
+	exited    chan error
+	log       string
+	info      host.Info
+	cleanExit bool // the SIGTERM at cleanup must end it with status 0
 }
 
 func startPC2Proc(t *testing.T, args ...string) *pc2Proc {
@@ -53,9 +54,15 @@ func startPC2Proc(t *testing.T, args ...string) *pc2Proc {
 	t.Cleanup(func() {
 		p.cmd.Process.Signal(syscall.SIGTERM)
 		select {
-		case <-p.exited:
+		case err := <-p.exited:
+			if p.cleanExit && err != nil {
+				t.Errorf("pc2 %v exit: %v", args, err)
+			}
 		case <-time.After(20 * time.Second):
 			p.cmd.Process.Kill()
+			if p.cleanExit {
+				t.Errorf("pc2 %v did not stop", args)
+			}
 		}
 		if t.Failed() {
 			b, _ := os.ReadFile(p.log)
