@@ -131,23 +131,6 @@ func TestEmptyAndOversizedFiles(t *testing.T) {
 	}
 }
 
-// The documented examples must always load: docs that rot are worse than none.
-func TestExamplesLoad(t *testing.T) {
-	files, _ := filepath.Glob("../../docs/config/*.yaml")
-	if len(files) == 0 {
-		t.Fatal("no examples in docs/config")
-	}
-	for _, f := range files {
-		role := RoleNode
-		if strings.Contains(filepath.Base(f), "supernode") {
-			role = RoleSupernode
-		}
-		if _, err := Load(f, role, false, nil); err != nil {
-			t.Errorf("%s: %v", f, err)
-		}
-	}
-}
-
 func TestSectionChecks(t *testing.T) {
 	p := writeFile(t, "svc:\n  listen: nowhere\n  a: 0s\n  b: 2h\n  c: 1s\n")
 	c, err := Load(p, RoleNode, false, []string{"svc"})
