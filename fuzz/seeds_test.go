@@ -14,6 +14,8 @@ func TestWriteSeedCorpus(t *testing.T) {
 	targets := map[string][][]byte{
 		"FuzzClientHello":  clientHelloSeeds(),
 		"FuzzProxyProtoV2": proxyProtoSeeds(),
+		"FuzzSTUNAnswer":   stunSeeds(),
+		"FuzzTunnelHeader": tunnelHeaderSeeds(),
 	}
 	for name, seeds := range targets {
 		dir := filepath.Join("testdata", "fuzz", name)

@@ -4,11 +4,15 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
+	"html"
 	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +22,7 @@ import (
 
 	"github.com/elacity/pc2/core/config"
 	"github.com/elacity/pc2/core/host"
+	"github.com/elacity/pc2/gateway/testcert"
 )
 
 func devnetCommand() *command {
@@ -72,24 +77,58 @@ func runDevnet(ctx context.Context, std *stdio, dataRoot string, nodes int, time
 		procs = append(procs, &devProc{name: n, role: config.RoleNode})
 	}
 	defer stopAll(procs, std)
-	for _, p := range procs {
-		if err := p.start(self, filepath.Join(dataRoot, p.name), out); err != nil {
-			return err
-		}
-	}
 
 	startCtx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	for _, p := range procs {
+	wait := func(p *devProc) error {
 		select {
 		case p.info = <-p.ready:
+			return nil
 		case err := <-p.done:
 			return fmt.Errorf("%s exited before it was ready: %v", p.name, err)
 		case <-startCtx.Done():
 			if ctx.Err() != nil {
-				return nil // interrupted while starting
+				return errInterrupted
 			}
 			return fmt.Errorf("%s was not ready within %v", p.name, timeout)
+		}
+	}
+	// The supernode first: alice's tunnel needs its endpoint and id.
+	super := procs[0]
+	if err := super.start(self, filepath.Join(dataRoot, super.name), out); err != nil {
+		return err
+	}
+	if err := wait(super); err != nil {
+		if errors.Is(err, errInterrupted) {
+			return nil
+		}
+		return err
+	}
+	demo, err := startDemoSite()
+	if err != nil {
+		return err
+	}
+	defer demo.Close()
+	for i, p := range procs[1:] {
+		dir := filepath.Join(dataRoot, p.name)
+		var extra []string
+		if i == 0 { // alice serves the demo page through her tunnel
+			cfg, err := writeTunnelConfig(dir, super.info, demo.Addr().String())
+			if err != nil {
+				return err
+			}
+			extra = []string{"--config", cfg}
+		}
+		if err := p.start(self, dir, out, extra...); err != nil {
+			return err
+		}
+	}
+	for _, p := range procs[1:] {
+		if err := wait(p); err != nil {
+			if errors.Is(err, errInterrupted) {
+				return nil
+			}
+			return err
 		}
 	}
 	printDevnet(out, procs, dataRoot)
@@ -111,12 +150,12 @@ func runDevnet(ctx context.Context, std *stdio, dataRoot string, nodes int, time
 	}
 }
 
-func (p *devProc) start(self, dataDir string, out io.Writer) error {
+func (p *devProc) start(self, dataDir string, out io.Writer, extra ...string) error {
 	r, w, err := os.Pipe()
 	if err != nil {
 		return err
 	}
-	p.cmd = exec.Command(self, string(p.role), "--dev", "--data", dataDir)
+	p.cmd = exec.Command(self, append([]string{string(p.role), "--dev", "--data", dataDir}, extra...)...)
 	p.cmd.Env = append(os.Environ(), "PC2_READY_FD=3")
 	p.cmd.ExtraFiles = []*os.File{w}
 	p.cmd.Stdout = &prefixWriter{prefix: fmt.Sprintf("%-9s | ", p.name), w: out}
@@ -168,13 +207,33 @@ func stopAll(procs []*devProc, std *stdio) {
 
 func printDevnet(w io.Writer, procs []*devProc, dataRoot string) {
 	var b bytes.Buffer
+	super, alice := procs[0].info, procs[1]
 	fmt.Fprintf(&b, "\nPC2 devnet is up (data in %s)\n\n", dataRoot)
 	for _, p := range procs {
-		fmt.Fprintf(&b, "  %-9s %-9s %s\n            metrics  %s\n", p.name, p.role, p.info.DID, p.info.Metrics)
+		fmt.Fprintf(&b, "  %-9s %-9s %s\n", p.name, p.role, p.info.DID)
+	}
+	fmt.Fprintf(&b, "\nSupernode endpoints:\n")
+	for _, k := range []string{"registry.api", "sni.listen", "http.listen", "dns.listen", "tunnel.listen"} {
+		if v := super.Extra[k]; v != "" {
+			fmt.Fprintf(&b, "  %-13s %s\n", k, v)
+		}
+	}
+	fmt.Fprintf(&b, "  %-13s %s\n", "metrics", super.Metrics)
+	self := os.Args[0]
+	if _, sniPort, err := net.SplitHostPort(super.Extra["sni.listen"]); err == nil {
+		fmt.Fprintf(&b, "\nalice's demo page, served through her QUIC tunnel and the supernode's SNI gateway\n(self-signed certificate: accept it in the browser, or curl -k):\n")
+		fmt.Fprintf(&b, "  https://alice.pc2.localhost:%s/\n", sniPort)
 	}
 	fmt.Fprintf(&b, "\nTry:\n")
-	fmt.Fprintf(&b, "  curl -s %s | grep ^pc2_\n", procs[0].info.Metrics)
-	fmt.Fprintf(&b, "  %s id show --data %s\n", os.Args[0], filepath.Join(dataRoot, procs[1].name))
+	if len(procs) > 2 {
+		bob := procs[2]
+		fmt.Fprintf(&b, "  %s name register %s.pc2.localhost --target 127.0.0.1:8443 --registry %s --data %s\n", self, bob.name, super.Extra["registry.api"], bob.info.DataDir)
+	}
+	fmt.Fprintf(&b, "  %s name list --registry %s --data %s\n", self, super.Extra["registry.api"], alice.info.DataDir)
+	if _, dnsPort, err := net.SplitHostPort(super.Extra["dns.listen"]); err == nil {
+		fmt.Fprintf(&b, "  dig @127.0.0.1 -p %s alice.pc2.localhost +short\n", dnsPort)
+	}
+	fmt.Fprintf(&b, "  curl -s %s | grep ^pc2_\n", super.Metrics)
 	fmt.Fprintf(&b, "\nPress Ctrl-C to stop.\n\n")
 	w.Write(b.Bytes())
 }
@@ -216,4 +275,49 @@ func (p *prefixWriter) Write(b []byte) (int, error) {
 		p.buf = p.buf[:0]
 	}
 	return len(b), nil
+}
+
+var errInterrupted = errors.New("interrupted")
+
+// startDemoSite serves alice's demo page over HTTPS on loopback with a
+// self-signed certificate for alice.pc2.localhost: the page a visitor gets
+// through the supernode, which never sees its key.
+func startDemoSite() (net.Listener, error) {
+	cert, _, err := testcert.New("alice.pc2.localhost")
+	if err != nil {
+		return nil, err
+	}
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}})
+	if err != nil {
+		return nil, fmt.Errorf("demo site: %w", err)
+	}
+	srv := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		fmt.Fprintf(w, "<!doctype html><title>alice on PC2</title><h1>Hello from alice</h1><p>This page comes from alice's node through its QUIC tunnel to the supernode; TLS ends at alice (you see her certificate).</p><p>Your address as alice sees it: %s</p>\n", html.EscapeString(r.RemoteAddr))
+	})}
+	go srv.Serve(ln)
+	return ln, nil
+}
+
+// writeTunnelConfig writes alice's node config: register
+// alice.pc2.localhost and serve it through a tunnel to the supernode.
+func writeTunnelConfig(dir string, super host.Info, site string) (string, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", err
+	}
+	body := fmt.Sprintf(`# written by pc2 devnet
+names:
+  registry: %s
+  names:
+    - name: alice.pc2.localhost
+      target: 127.0.0.1:9 # nothing there: only the tunnel reaches alice
+tunnel-client:
+  supernode: %s
+  supernodeID: %s
+  services:
+    - name: https
+      addr: %s
+`, super.Extra["registry.api"], super.Extra["tunnel.listen"], super.ID, site)
+	p := filepath.Join(dir, "devnet.yaml")
+	return p, os.WriteFile(p, []byte(body), 0o600)
 }

@@ -40,14 +40,6 @@ type usageError struct{ msg string }
 
 func (e usageError) Error() string { return e.msg }
 
-// notBuilt is what a command that has not landed yet returns: it says so
-// and fails instead of pretending.
-func notBuilt(lands string) func(context.Context, *stdio, *flag.FlagSet, []string) error {
-	return func(context.Context, *stdio, *flag.FlagSet, []string) error {
-		return fmt.Errorf("not built yet: it lands with %s (see the README's roadmap)", lands)
-	}
-}
-
 func root() *command {
 	return &command{
 		name:    "pc2",
@@ -58,8 +50,8 @@ func root() *command {
 			nodeCommand(roleNode),
 			devnetCommand(),
 			natlabCommand(),
-			{name: "dht", summary: "run a Level 2 DHT participant or query the DHT", run: notBuilt("the DHT work")},
-			{name: "name", summary: "register, list and delete names at a supernode", run: notBuilt("the gateway and registry work")},
+			dhtCommand(),
+			nameCommand(),
 			versionCommand(),
 		},
 	}
@@ -117,7 +109,8 @@ func execute(ctx context.Context, std *stdio, args []string) int {
 	if cmd.flags != nil {
 		cmd.flags(fs)
 	}
-	if err := fs.Parse(rest); err != nil {
+	positional, err := parseInterspersed(fs, rest)
+	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			cmd.usage(std.out, path, fs)
 			return 0
@@ -127,13 +120,13 @@ func execute(ctx context.Context, std *stdio, args []string) int {
 		return 2
 	}
 	if cmd.run == nil {
-		if fs.NArg() > 0 {
-			fmt.Fprintf(std.err, "%s: unknown command %q\n\n", path, fs.Arg(0))
+		if len(positional) > 0 {
+			fmt.Fprintf(std.err, "%s: unknown command %q\n\n", path, positional[0])
 		}
 		cmd.usage(std.err, path, fs)
 		return 2
 	}
-	err := cmd.run(ctx, std, fs, fs.Args())
+	err = cmd.run(ctx, std, fs, positional)
 	var ue usageError
 	switch {
 	case err == nil:
@@ -145,6 +138,25 @@ func execute(ctx context.Context, std *stdio, args []string) int {
 	default:
 		fmt.Fprintf(std.err, "%s: %v\n", path, err)
 		return 1
+	}
+}
+
+// parseInterspersed parses flags wherever they stand, so that
+// `pc2 name register alice.ela.city --target …` works as users write it;
+// everything after "--" is positional.
+func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+	var positional []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		rest := fs.Args()
+		consumed := args[:len(args)-len(rest)]
+		if len(rest) == 0 || (len(consumed) > 0 && consumed[len(consumed)-1] == "--") {
+			return append(positional, rest...), nil
+		}
+		positional = append(positional, rest[0])
+		args = rest[1:]
 	}
 }
 

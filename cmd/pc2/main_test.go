@@ -197,14 +197,6 @@ func TestHelpEverywhere(t *testing.T) {
 	}
 }
 
-func TestUnbuiltCommandsSaySoAndFail(t *testing.T) {
-	for _, c := range []string{"dht", "name"} {
-		if r := pc2(t, "", c); r.code == 0 || !strings.Contains(r.stderr, "not built yet") {
-			t.Errorf("pc2 %s: code %d %q", c, r.code, r.stderr)
-		}
-	}
-}
-
 // The devnet is `make run`: three real processes that come up, print their
 // ids, and all go away on Ctrl-C.
 func TestDevnetStartsAndStopsCleanly(t *testing.T) {
@@ -225,6 +217,7 @@ func TestDevnetStartsAndStopsCleanly(t *testing.T) {
 		close(lines)
 	}()
 	dids := map[string]bool{}
+	var demoURL string
 	timeout := time.After(60 * time.Second)
 	for up := false; !up; {
 		select {
@@ -235,6 +228,9 @@ func TestDevnetStartsAndStopsCleanly(t *testing.T) {
 			if m := regexp.MustCompile(`^  (supernode|alice|bob)\s+\w+\s+(did:boson:\w+)$`).FindStringSubmatch(l); m != nil {
 				dids[m[1]] = true
 			}
+			if u := strings.TrimSpace(l); strings.HasPrefix(u, "https://alice.pc2.localhost:") {
+				demoURL = u
+			}
 			up = strings.Contains(l, "Press Ctrl-C to stop")
 		case <-timeout:
 			t.Fatal("devnet not up within 60s")
@@ -242,6 +238,22 @@ func TestDevnetStartsAndStopsCleanly(t *testing.T) {
 	}
 	if len(dids) != 3 {
 		t.Fatalf("summary listed %v", dids)
+	}
+	go func() {
+		for range lines { // keep the devnet's output flowing
+		}
+	}()
+	// alice's demo page, through her tunnel (her registered target is a
+	// dead port), at the printed URL.
+	if demoURL == "" {
+		t.Fatal("devnet printed no demo URL")
+	}
+	if _, err := exec.LookPath("curl"); err == nil {
+		hostPort := strings.TrimSuffix(strings.TrimPrefix(demoURL, "https://"), "/")
+		waitFor(t, "alice's demo page through the tunnel", 30*time.Second, func() bool {
+			out, err := exec.Command("curl", "-sSk", "--max-time", "3", "--noproxy", "*", "--resolve", hostPort+":127.0.0.1", demoURL).Output()
+			return err == nil && strings.Contains(string(out), "Hello from alice")
+		})
 	}
 	var pids []int
 	for _, n := range []string{"supernode", "alice", "bob"} {
@@ -252,10 +264,6 @@ func TestDevnetStartsAndStopsCleanly(t *testing.T) {
 		pids = append(pids, info.PID)
 	}
 	cmd.Process.Signal(syscall.SIGINT)
-	go func() {
-		for range lines { // drain output until the devnet closes it
-		}
-	}()
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
 	select {

@@ -8,6 +8,14 @@ import (
 
 	"github.com/elacity/pc2/core/config"
 	"github.com/elacity/pc2/core/host"
+	dhtnode "github.com/elacity/pc2/dht/node"
+	"github.com/elacity/pc2/gateway/dns"
+	"github.com/elacity/pc2/gateway/httproute"
+	"github.com/elacity/pc2/gateway/sniproxy"
+	"github.com/elacity/pc2/plugins/registry"
+	"github.com/elacity/pc2/plugins/registry/client"
+	"github.com/elacity/pc2/plugins/registry/dhtpub"
+	"github.com/elacity/pc2/relay/tunnel"
 )
 
 type role struct {
@@ -21,22 +29,38 @@ type role struct {
 
 var roleSupernode = role{
 	role:    config.RoleSupernode,
-	summary: "run a supernode: gateway, tunnels, names, DNS and DHT (Level 4)",
+	summary: "run a supernode: gateway, names, DNS and DHT (Level 4)",
 	help: `A supernode needs nothing else running. With --dev it starts with no
-config file: state in a temporary directory, metrics on a free loopback
-port. The gateway, tunnels, registry, DNS and DHT services are added to the
-supernode as they land (see the README's roadmap); today it runs the core
-host: identity, storage, metrics and graceful shutdown.`,
-	services: func() []host.Service { return nil },
+config file: state in a temporary directory, free loopback ports. It runs a
+bootstrap DHT node (section dht), the name registry API (registry) whose
+names it announces in the DHT (dhtpub), authoritative DNS (dns), plain HTTP
+routed by Host (http), QUIC tunnels for nodes behind NAT (tunnel, UDP :8090)
+and TLS passthrough routed by SNI (sni); a name whose owner holds a tunnel
+here is served over the tunnel.`,
+	services: func() []host.Service {
+		dht := dhtnode.NewService()
+		pub := dhtpub.New(dht)
+		reg := registry.New()
+		reg.Publisher = pub
+		tun := tunnel.NewServerService(reg)
+		sni := sniproxy.NewService(reg)
+		sni.Tunnels = tun // names of nodes with a tunnel here go over it
+		// Start order matters: the DHT before the publisher, the registry
+		// before DNS, which reads its zones at start.
+		return []host.Service{dht, pub, reg, dns.New(reg), httproute.New(reg), tun, sni}
+	},
 }
 
 var roleNode = role{
 	role:    config.RoleNode,
 	summary: "run a user node (Level 1)",
 	help: `A user node exposes local services through supernodes and talks to other
-nodes directly. With --dev it starts with no config file. Today it runs the
-core host: identity, storage, metrics and graceful shutdown.`,
-	services: func() []host.Service { return nil },
+nodes directly. With --dev it starts with no config file. It keeps the names
+of its "names" section registered at a supernode and renews them, and keeps
+a QUIC tunnel to the supernode of its "tunnel-client" section (supernode,
+supernodeID, services: [{name: https, addr: 127.0.0.1:4200}]), so its names
+are served through the supernode even behind NAT.`,
+	services: func() []host.Service { return []host.Service{client.NewService(), tunnel.NewClientService()} },
 }
 
 func nodeCommand(r role) *command {

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -130,19 +131,26 @@ func TestEmptyAndOversizedFiles(t *testing.T) {
 	}
 }
 
-// The documented examples must always load: docs that rot are worse than none.
-func TestExamplesLoad(t *testing.T) {
-	files, _ := filepath.Glob("../../docs/config/*.yaml")
-	if len(files) == 0 {
-		t.Fatal("no examples in docs/config")
+func TestSectionChecks(t *testing.T) {
+	p := writeFile(t, "svc:\n  listen: nowhere\n  a: 0s\n  b: 2h\n  c: 1s\n")
+	c, err := Load(p, RoleNode, false, []string{"svc"})
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, f := range files {
-		role := RoleNode
-		if strings.Contains(filepath.Base(f), "supernode") {
-			role = RoleSupernode
-		}
-		if _, err := Load(f, role, false, nil); err != nil {
-			t.Errorf("%s: %v", f, err)
-		}
+	sec := c.Section("svc")
+	var raw map[string]any
+	if err := sec.Decode(&raw); err != nil { // a service decodes before it validates
+		t.Fatal(err)
+	}
+	if err := sec.CheckHostPort("listen", "nowhere"); err == nil || !strings.Contains(err.Error(), "pc2.yaml:2: svc.listen:") {
+		t.Fatalf("CheckHostPort = %v", err)
+	}
+	if err := sec.CheckHostPort("listen", "127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	err = sec.CheckDurations(time.Hour, map[string]time.Duration{"a": 0, "b": 2 * time.Hour, "c": time.Second})
+	msg := fmt.Sprint(err)
+	if !strings.Contains(msg, "pc2.yaml:3: svc.a: 0s is outside (0, 1h0m0s]") || !strings.Contains(msg, "pc2.yaml:4: svc.b:") || strings.Contains(msg, "svc.c") {
+		t.Fatalf("CheckDurations = %v", err)
 	}
 }

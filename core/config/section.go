@@ -1,7 +1,13 @@
 package config
 
 import (
+	"errors"
+	"fmt"
+	"maps"
+	"net"
 	"reflect"
+	"slices"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -33,4 +39,24 @@ func (s *Section) Decode(v any) error {
 // its line in the file, for the service's own validation.
 func (s *Section) Errorf(field, msg string) error {
 	return s.src.fieldError(join(s.name, field), msg)
+}
+
+// CheckHostPort returns an error located at field unless v is host:port.
+func (s *Section) CheckHostPort(field, v string) error {
+	if _, _, err := net.SplitHostPort(v); err != nil {
+		return s.Errorf(field, fmt.Sprintf("%q is not host:port", v))
+	}
+	return nil
+}
+
+// CheckDurations returns the errors, located at their fields, of the
+// durations (by field name) that lie outside (0, max].
+func (s *Section) CheckDurations(max time.Duration, fields map[string]time.Duration) error {
+	var errs []error
+	for _, field := range slices.Sorted(maps.Keys(fields)) {
+		if d := fields[field]; d <= 0 || d > max {
+			errs = append(errs, s.Errorf(field, fmt.Sprintf("%v is outside (0, %v]", d, max)))
+		}
+	}
+	return errors.Join(errs...)
 }

@@ -51,14 +51,14 @@
 // 64 KiB.
 //
 // Router.Route is called on the loop, so it must answer from memory; a
-// Target whose address is a host name is handed to the goroutine path,
-// which resolves and dials it.
+// Target whose address is a host name, or that has its own Dial (a stream
+// on a node's tunnel), is handed to the goroutine path, which resolves and
+// dials it.
 //
 // # The goroutine path
 //
-// Used when Config.Dial is set (a dial that may return any net.Conn, such
-// as a tunnel stream), for host-name targets, and on systems without the
-// loops: a goroutine reads the hello (keeping only the bytes received while
+// Used when Config.Dial is set, for targets with their own Dial (a tunnel
+// stream) or a host name, and on systems without the loops: a goroutine reads the hello (keeping only the bytes received while
 // it is incomplete, clienthello.Resume), dials, and relays with a
 // goroutine per direction. Between two *net.TCPConn on Linux it splices in
 // bursts too, and a direction quiet for Config.ParkAfter gives its

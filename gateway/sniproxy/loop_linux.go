@@ -733,6 +733,10 @@ func (l *loop) routeHello(c *lconn, h *clienthello.Hello) {
 		return
 	}
 	m.Routed.Inc()
+	if target.Dial != nil {
+		l.handoff(c, h, target, name) // a custom dial (a tunnel stream) may block
+		return
+	}
 	ap, perr := netip.ParseAddrPort(target.Addr)
 	if perr != nil {
 		l.handoff(c, h, target, name) // a host name: resolve and dial on a goroutine
@@ -1092,8 +1096,9 @@ func (l *loop) closeAll() {
 	l.inboxMu.Unlock()
 }
 
-// handoff passes a routed connection whose target is a host name to the
-// goroutine path, which resolves and dials it with net.Dialer.
+// handoff passes a routed connection the loop cannot connect itself (a
+// host name to resolve, or a Target.Dial such as a tunnel stream) to the
+// goroutine path.
 func (l *loop) handoff(c *lconn, h *clienthello.Hello, target Target, name string) {
 	s := l.s
 	f := os.NewFile(uintptr(c.cfd), "client")

@@ -24,6 +24,10 @@ type Target struct {
 	// ProxyProtocol sends a PROXY v2 header (client address, and the
 	// server name as PP2_TYPE_AUTHORITY) before the ClientHello.
 	ProxyProtocol bool
+	// Dial, when set, opens the backend instead of Config.Dial, e.g. a
+	// stream on a node's tunnel; client is the visitor's address. Any
+	// net.Conn works; a CloseWrite method passes half-closes on.
+	Dial func(ctx context.Context, client net.Addr) (net.Conn, error)
 }
 
 // Router maps a TLS server name (lowercase, validated) to a Target. It
@@ -424,7 +428,15 @@ func (s *Server) dialAndRelay(ctx context.Context, cs *conn, c net.Conn, h *clie
 		c.Close()
 		s.release(cs)
 	}
-	backend, err := s.dial(ctx, target.Addr)
+	var backend net.Conn
+	var err error
+	if target.Dial != nil {
+		dctx, cancel := context.WithTimeout(ctx, s.cfg.DialTimeout)
+		backend, err = target.Dial(dctx, c.RemoteAddr())
+		cancel()
+	} else {
+		backend, err = s.dial(ctx, target.Addr)
+	}
 	if err != nil {
 		m.DialErrors.Inc()
 		s.log.Warn("sniproxy: dial failed", "name", name, "target", target.Addr, "err", err)

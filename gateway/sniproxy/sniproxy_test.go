@@ -584,3 +584,63 @@ func TestMaxConnsBound(t *testing.T) {
 		t.Fatal("second connection never got the freed slot")
 	}
 }
+
+// nonTCPConn hides the *net.TCPConn (as a tunnel stream would be), so the
+// relay takes its generic path.
+type nonTCPConn struct{ net.Conn }
+
+func (c nonTCPConn) CloseWrite() error { return c.Conn.(*net.TCPConn).CloseWrite() }
+
+// TestTargetDial: a Target with its own Dial (a node's tunnel) is used
+// instead of Config.Dial, receives the visitor's address, and may return
+// any net.Conn.
+// TestTargetDial checks that a target's own Dial (a tunnel stream) is used
+// on both data paths: the event loops hand such a connection to the
+// goroutine path, which must not fall back to Config.Dial.
+func TestTargetDial(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		configDial bool
+	}{{"loops", false}, {"goroutines", true}} {
+		t.Run(tc.name, func(t *testing.T) { testTargetDial(t, tc.configDial) })
+	}
+}
+
+func testTargetDial(t *testing.T, configDial bool) {
+	cert, pool := newCert(t)
+	backend := listen(t)
+	tlsBackend(t, backend, cert, false, nil)
+	visitors := make(chan net.Addr, 1)
+	cfg := sniproxy.Config{
+		Router: staticRouter{names: map[string]sniproxy.Target{testName: {
+			Addr: "127.0.0.1:9", // must not be dialled: the target has its own Dial
+			Dial: func(ctx context.Context, client net.Addr) (net.Conn, error) {
+				visitors <- client
+				c, err := (&net.Dialer{}).DialContext(ctx, "tcp", backend.Addr().String())
+				if err != nil {
+					return nil, err
+				}
+				return nonTCPConn{c}, nil
+			},
+		}}},
+	}
+	if configDial {
+		cfg.Dial = func(context.Context, string) (net.Conn, error) {
+			t.Error("Config.Dial used for a target with its own Dial")
+			return nil, errors.New("no")
+		}
+	}
+	e := startProxy(t, cfg, false)
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", e.proxyAddr, clientConfig(pool))
+	if err != nil {
+		t.Fatalf("handshake through proxy: %v", err)
+	}
+	defer c.Close()
+	if !bytes.Equal(c.ConnectionState().PeerCertificates[0].Raw, cert.Leaf.Raw) {
+		t.Fatal("client saw a certificate other than the backend's")
+	}
+	echoOnce(t, c)
+	if got := <-visitors; got.String() != c.LocalAddr().String() {
+		t.Fatalf("Target.Dial got visitor %v, want %v", got, c.LocalAddr())
+	}
+}

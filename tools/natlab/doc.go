@@ -11,8 +11,10 @@
 //
 // The package also carries a tiny probe protocol (RFC 5780-style mapping and
 // filtering discovery, hand-written rather than STUN so that the lab checks
-// itself with a minimal, fuzzed decoder and needs no STUN server) and the
-// agents that speak it. Agents run as real processes inside the namespaces: the
+// itself with a minimal, fuzzed decoder) and the agents that speak it. The
+// probe server also answers STUN Binding requests with CHANGE-REQUEST, only
+// because miniupnpd accepts the lab's documentation-prefix WAN addresses
+// after a STUN test and not otherwise (see startPortMapper). Agents run as real processes inside the namespaces: the
 // lab re-executes the current executable through a [Launcher].
 //
 // Everything a lab creates lives in network namespaces named with a per-run

@@ -168,6 +168,10 @@ func Up(ctx context.Context, t Topology, cfg Config) (_ *Lab, err error) {
 				return nil, err
 			}
 		}
+	}
+	// Port mappers after probe servers: miniupnpd asks the probe server (by
+	// STUN) for its external address when it starts.
+	for _, n := range nodes {
 		if n.Options != nil && n.Options.PortMapping {
 			if err := l.startPortMapper(ctx, n, cfg.Detached); err != nil {
 				return nil, err
@@ -210,6 +214,21 @@ func (l *Lab) ProbeServer() (primary, alt netip.AddrPort, ok bool) {
 		}
 	}
 	return netip.AddrPort{}, netip.AddrPort{}, false
+}
+
+// probeEndpoints returns the four endpoints (two addresses × two ports) of
+// the first probe server, or nil.
+func (l *Lab) probeEndpoints() []netip.AddrPort {
+	for _, n := range l.Nodes {
+		if n.Probe {
+			var out []netip.AddrPort
+			for _, a := range n.Addrs[:2] {
+				out = append(out, netip.AddrPortFrom(a, ProbePort), netip.AddrPortFrom(a, ProbeAltPort))
+			}
+			return out
+		}
+	}
+	return nil
 }
 
 func (l *Lab) statePath() string { return filepath.Join(l.stateDir, l.ID+".json") }
@@ -369,7 +388,7 @@ func (l *Lab) configureNode(ctx context.Context, n Node) error {
 	if n.Kind != KindRouter {
 		return nil
 	}
-	rules := n.Options.ruleset(n.Addrs[0], n.LAN)
+	rules := n.Options.ruleset(n.Addrs[0], n.LAN, l.probeEndpoints())
 	if _, err := runCmd(ctx, []byte(rules), ipPath(), "netns", "exec", ns, nftPath(), "-f", "-"); err != nil {
 		return fmt.Errorf("nftables on %s: %w\nruleset:\n%s", n.Name, err, rules)
 	}

@@ -193,10 +193,24 @@ func (l *Lab) Punch(ctx context.Context, a, b string, timeout time.Duration) (Pu
 // startPortMapper runs miniupnpd (UPnP IGD + NAT-PMP/PCP) on router n,
 // listening on its LAN bridge and mapping on its WAN. Its own nftables table
 // ("miniupnpd") keeps its rules apart from the NAT profile's table.
+//
+// miniupnpd refuses to forward ports when its WAN address is reserved, and the
+// lab's documentation prefixes are (RFC 5737), as are the LAN prefixes of an
+// upstream NAT. Declaring the address (ext_ip=) is refused for reserved
+// addresses too. What it does accept is a STUN test (ext_perform_stun): the
+// address the STUN server reports becomes the external address, and port
+// forwarding is enabled when the test finds no NAT or filtering in front of
+// the router (all four CHANGE-REQUEST variants answered, ports preserved).
+// The lab's probe server answers that test; a router directly on the
+// internet segment always passes it, so Up fails if it does not.
 func (l *Lab) startPortMapper(ctx context.Context, n Node, detach bool) error {
 	dir := filepath.Join(l.stateDir, l.ID+"-"+n.Name)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
+	}
+	stunServer, _, ok := l.ProbeServer()
+	if !ok {
+		return fmt.Errorf("natlab: %s has the upnp option but lab %s has no probe server (miniupnpd's STUN test needs it)", n.Name, l.Name)
 	}
 	conf := fmt.Sprintf(`ext_ifname=wan0
 listening_ip=lan0
@@ -210,9 +224,12 @@ lease_file=%s/leases
 uuid=%s
 upnp_table_name=miniupnpd
 upnp_nat_table_name=miniupnpd
+ext_perform_stun=yes
+ext_stun_host=%s
+ext_stun_port=%d
 allow 1024-65535 %s 1024-65535
 deny 0-65535 0.0.0.0/0 0-65535
-`, dir, uuidFor(l.ID, n.Name), n.LAN.Masked())
+`, dir, uuidFor(l.ID, n.Name), stunServer.Addr(), stunServer.Port(), n.LAN.Masked())
 	if err := os.WriteFile(filepath.Join(dir, "miniupnpd.conf"), []byte(conf), 0o644); err != nil {
 		return err
 	}
@@ -245,9 +262,15 @@ deny 0-65535 0.0.0.0/0 0-65535
 			return fmt.Errorf("miniupnpd on %s not ready: %s", n.Name, p.Stderr())
 		case <-time.After(20 * time.Millisecond): // poll its log
 		}
-		if strings.Contains(p.Stderr(), "Listening for NAT-PMP") {
-			return nil
+		log := p.Stderr()
+		if !strings.Contains(log, "Listening for NAT-PMP") {
+			continue
 		}
+		// The STUN verdict is logged before the listeners open.
+		if n.Parent == InternetNode && !strings.Contains(log, "Port forwarding is now enabled") {
+			return fmt.Errorf("miniupnpd on %s did not enable port forwarding after its STUN test: %s", n.Name, log)
+		}
+		return nil
 	}
 }
 

@@ -23,8 +23,10 @@ const (
 
 // ProbeServer answers probe requests on two addresses × two ports: it reports
 // the observed source endpoint and, on request, answers from the other address
-// and/or port (RFC 5780 CHANGE-REQUEST semantics). It also offers a TCP byte
-// sink on the primary endpoint for bandwidth measurements.
+// and/or port (RFC 5780 CHANGE-REQUEST semantics). The same sockets answer STUN
+// Binding requests, CHANGE-REQUEST included (see AnswerSTUN), which is what
+// miniupnpd's external-address test needs. It also offers a TCP byte sink on
+// the primary endpoint for bandwidth measurements.
 type ProbeServer struct {
 	conns [2][2]*net.UDPConn // [address][port]
 	sink  *net.TCPListener
@@ -93,6 +95,7 @@ func (s *ProbeServer) serveUDP(ctx context.Context, i, j int) {
 	c := s.conns[i][j]
 	buf := make([]byte, 1500)
 	out := make([]byte, 0, MsgSizeProbe)
+	stunOut := make([]byte, 0, 64)
 	for {
 		n, src, err := c.ReadFromUDPAddrPort(buf)
 		if err != nil {
@@ -101,19 +104,20 @@ func (s *ProbeServer) serveUDP(ctx context.Context, i, j int) {
 			}
 			continue
 		}
+		src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
+		if IsSTUN(buf[:n]) {
+			resp, fl, err := AnswerSTUN(buf[:n], src, stunOut)
+			if err != nil {
+				continue // bad input changes nothing and gets no answer
+			}
+			_, _ = s.replyConn(i, j, fl).WriteToUDPAddrPort(resp, src)
+			continue
+		}
 		m, err := Decode(buf[:n])
 		if err != nil || m.Kind != KindRequest {
 			continue // bad input changes nothing and gets no answer
 		}
-		src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
-		ri, rj := i, j
-		if m.Flags&FlagChangeIP != 0 {
-			ri ^= 1
-		}
-		if m.Flags&FlagChangePort != 0 {
-			rj ^= 1
-		}
-		rc := s.conns[ri][rj]
+		rc := s.replyConn(i, j, m.Flags)
 		resp := Message{Kind: KindResponse, ID: m.ID, Observed: src,
 			Responder: rc.LocalAddr().(*net.UDPAddr).AddrPort()}
 		out, err = resp.Append(out[:0])
@@ -135,6 +139,18 @@ func (s *ProbeServer) serveUDP(ctx context.Context, i, j int) {
 			}
 		})
 	}
+}
+
+// replyConn is the socket that answers a request received on conns[i][j]:
+// the other address and/or port when the request asks for it.
+func (s *ProbeServer) replyConn(i, j int, f Flags) *net.UDPConn {
+	if f&FlagChangeIP != 0 {
+		i ^= 1
+	}
+	if f&FlagChangePort != 0 {
+		j ^= 1
+	}
+	return s.conns[i][j]
 }
 
 func (s *ProbeServer) reserveDelayed(a netip.Addr) bool {

@@ -290,7 +290,14 @@ func (o NATOptions) mappingLifetime() time.Duration {
 // (every PC2 node uses UDP 39001) to different destinations both get the same
 // public port ("port overloading", forbidden by RFC 4787 REQ-3), and a full
 // cone could then deliver inbound traffic to only one of them.
-func (o NATOptions) ruleset(wan netip.Addr, lan netip.Prefix) string {
+//
+// The router's own traffic (miniupnpd's STUN test) is neither translated nor
+// learned: the router owns its WAN address, and a symmetric profile would
+// otherwise re-map the test's ports and make miniupnpd see a NAT in front of
+// itself. With PortMapping, answers from stunServers (the lab's probe server
+// endpoints) may reach the router unsolicited: the STUN test asks for answers
+// from the server's other address and port.
+func (o NATOptions) ruleset(wan netip.Addr, lan netip.Prefix, stunServers []netip.AddrPort) string {
 	var b strings.Builder
 	life := int(o.mappingLifetime() / time.Second)
 	eim := o.Profile.Mapping == EIM
@@ -323,6 +330,7 @@ func (o NATOptions) ruleset(wan netip.Addr, lan netip.Prefix) string {
 
 	// postrouting: SNAT.
 	w("\tchain post {\n\t\ttype nat hook postrouting priority srcnat; policy accept;")
+	w("\t\toifname \"wan0\" ip saddr %s accept", wan) // the router's own traffic
 	if o.Hairpin {
 		// Hairpinned packets carry the sender's external address (RFC 4787 REQ-9).
 		w("\t\tip saddr %s ip daddr %s ct status dnat snat ip to %s", lan.Masked(), lan.Masked(), wan)
@@ -344,6 +352,7 @@ func (o NATOptions) ruleset(wan netip.Addr, lan netip.Prefix) string {
 	// is the original source for flows that started inside and the reply
 	// source for flows that started outside (a cone DNAT).
 	w("\tchain learn {\n\t\ttype filter hook postrouting priority 300; policy accept;")
+	w("\t\toifname \"wan0\" ct original ip saddr %s accept", wan) // the router's own flows
 	for _, dir := range []string{"original", "reply"} {
 		w("\t\toifname \"wan0\" meta l4proto { tcp, udp } ct direction %s update @pmap { meta l4proto . th sport timeout %ds : ct %s ip saddr . ct %s proto-src }", dir, life, dir, dir)
 		if eim {
@@ -360,6 +369,11 @@ func (o NATOptions) ruleset(wan netip.Addr, lan netip.Prefix) string {
 
 	// Silent drop of unsolicited inbound to the router itself (pitfall 1).
 	w("\tchain input {\n\t\ttype filter hook input priority 0; policy accept;")
+	if o.PortMapping {
+		for _, ap := range stunServers {
+			w("\t\tiifname \"wan0\" ip saddr %s udp sport %d accept", ap.Addr(), ap.Port())
+		}
+	}
 	w("\t\tiifname \"wan0\" ct state new drop")
 	w("\t}")
 

@@ -1,6 +1,7 @@
 package natlab
 
 import (
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -106,6 +107,8 @@ func TestResolveRejects(t *testing.T) {
 		{NATs: []NAT{{Name: "a", Options: prc, Hosts: []string{"h1", "h2"}, LAN: netip.MustParsePrefix("10.9.0.0/30")}}},
 		{Public: []PublicHost{{Name: "p", Addrs: []netip.Addr{netip.MustParseAddr("8.8.8.8")}}}},
 		{Public: []PublicHost{{Name: "p", ProbeServer: true, Addrs: []netip.Addr{netip.MustParseAddr("198.51.100.50")}}}},
+		// upnp without a probe server (miniupnpd's STUN test needs one)
+		{Public: []PublicHost{{Name: "p", NumAddrs: 2}}, NATs: []NAT{{Name: "a", Options: NATOptions{Profile: PortRestricted, PortMapping: true}}}},
 	}
 	for i, topo := range bad {
 		if _, err := topo.Resolve(); err == nil {
@@ -117,7 +120,7 @@ func TestResolveRejects(t *testing.T) {
 func TestRulesetShape(t *testing.T) {
 	wan, lan := netip.MustParseAddr("203.0.113.10"), netip.MustParsePrefix("10.0.1.0/24")
 	for _, p := range Profiles() {
-		rs := NATOptions{Profile: p}.ruleset(wan, lan)
+		rs := NATOptions{Profile: p}.ruleset(wan, lan, nil)
 		if !strings.Contains(rs, `iifname "wan0" ct state new drop`) {
 			t.Errorf("%s: no silent drop of unsolicited inbound", p.Name)
 		}
@@ -132,6 +135,36 @@ func TestRulesetShape(t *testing.T) {
 		}
 		if got := strings.Contains(rs, `oifname "wan0" snat ip to 203.0.113.10`+"\n"); got != eim {
 			t.Errorf("%s: port-preserving snat=%v", p.Name, got)
+		}
+		// The router's own traffic is neither translated nor learned, and
+		// it comes before any SNAT or learning rule.
+		for _, rule := range []string{`oifname "wan0" ip saddr 203.0.113.10 accept`, `oifname "wan0" ct original ip saddr 203.0.113.10 accept`} {
+			i := strings.Index(rs, rule)
+			if i < 0 {
+				t.Errorf("%s: no rule %q", p.Name, rule)
+				continue
+			}
+			chainStart := strings.LastIndex(rs[:i], "chain ")
+			if j := strings.Index(rs[chainStart:], "snat"); j >= 0 && chainStart+j < i {
+				t.Errorf("%s: %q after a snat rule", p.Name, rule)
+			}
+			if j := strings.Index(rs[chainStart:], "update @"); j >= 0 && chainStart+j < i {
+				t.Errorf("%s: %q after a learning rule", p.Name, rule)
+			}
+		}
+	}
+	// STUN answers reach the router itself only with port mapping, and
+	// only from the given endpoints, before the silent drop.
+	stun := []netip.AddrPort{netip.MustParseAddrPort("198.51.100.10:3478"), netip.MustParseAddrPort("198.51.100.11:3479")}
+	if rs := (NATOptions{Profile: PortRestricted}).ruleset(wan, lan, stun); strings.Contains(rs, "udp sport") {
+		t.Errorf("STUN exception without port mapping:\n%s", rs)
+	}
+	rs := NATOptions{Profile: PortRestricted, PortMapping: true}.ruleset(wan, lan, stun)
+	drop := strings.Index(rs, `iifname "wan0" ct state new drop`)
+	for _, ap := range stun {
+		rule := fmt.Sprintf(`iifname "wan0" ip saddr %s udp sport %d accept`, ap.Addr(), ap.Port())
+		if i := strings.Index(rs, rule); i < 0 || i > drop {
+			t.Errorf("no %q before the silent drop:\n%s", rule, rs)
 		}
 	}
 }

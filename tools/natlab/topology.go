@@ -166,6 +166,14 @@ func (t Topology) Resolve() ([]Node, error) {
 		}
 		byName[n.Name] = i
 	}
+	hasProbe := slices.ContainsFunc(t.Public, func(p PublicHost) bool { return p.ProbeServer })
+	for _, n := range t.NATs {
+		if n.Options.PortMapping && !hasProbe {
+			// miniupnpd learns its external address from the probe server
+			// by STUN; without it, it refuses every mapping.
+			return nil, fmt.Errorf("nat %s: the upnp option needs a public host with a probe server", n.Name)
+		}
+	}
 	order, err := natOrder(t.NATs, byName)
 	if err != nil {
 		return nil, err

@@ -1,0 +1,15 @@
+// Package tunnel is pc2's active proxy: nodes behind NAT keep one QUIC
+// connection to a supernode, and the supernode serves their names by
+// opening one QUIC stream per visitor on it.
+//
+// Why QUIC: one connection carries thousands of visitor streams with
+// per-stream flow control and auto-tuned windows, so there is no
+// per-visitor handshake to the node and no fixed-window throughput cap;
+// both ends authenticate with their Ed25519 node keys (transport/quicid).
+//
+// The Server runs on the supernode (service "tunnel", UDP :8090), the
+// Client on the node (service "tunnel-client"). Each stream starts with a
+// small versioned Header (service name, visitor address); the node then
+// connects the stream to its local service and copies bytes both ways,
+// with QUIC flow control as the backpressure.
+package tunnel

@@ -1,0 +1,300 @@
+package tunnel
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/elacity/pc2/core/identity"
+	"github.com/elacity/pc2/transport/quicid"
+)
+
+// ALPN is the TLS application protocol of tunnels.
+const ALPN = "pc2-tunnel/1"
+
+// Idle is how long a tunnel may stay silent before it counts as dead; the
+// node sends a keep-alive after half of it (quic-go's keep-alive rule).
+const Idle = 15 * time.Second
+
+// Errors of the server side.
+var (
+	ErrNoTunnel     = errors.New("tunnel: node has no tunnel here")
+	ErrStreamQuota  = errors.New("tunnel: node's stream quota is used up")
+	ErrNotAdmitted  = errors.New("tunnel: node is not admitted")
+	ErrHandshakeCap = errors.New("tunnel: too many new tunnels per second")
+)
+
+// ServerConfig tunes a Server. Zero values take the defaults shown.
+type ServerConfig struct {
+	// Admit decides whether a node id may hold a tunnel; nil admits all.
+	Admit func(identity.ID) error
+	// MaxStreamsPerNode bounds concurrent visitor streams per node (10000).
+	MaxStreamsPerNode int64
+	// BytesPerSecond bounds each node's traffic, both directions summed; 0
+	// is unlimited.
+	BytesPerSecond float64
+	// HandshakesPerSecond and HandshakeBurst bound new tunnels (100, 200),
+	// so a restart storm cannot melt the supernode.
+	HandshakesPerSecond float64
+	HandshakeBurst      int
+	// OnUp is called (on its own goroutine) with each new tunnel's node
+	// id and address, so a supernode can remember whom to Wake after a
+	// restart.
+	OnUp   func(id identity.ID, addr net.Addr)
+	Logger *slog.Logger
+}
+
+// wakeMessage is what a restarted supernode sends to the nodes it served
+// before. Its first byte has the QUIC fixed bit clear, so quic-go hands it
+// to the node's non-QUIC reader. It carries no authority: the node only
+// probes its tunnel, and only a stateless reset from the supernode's key
+// (or the idle timeout) ends it.
+var wakeMessage = []byte("\x00pc2-tunnel-wake/1")
+
+// Server accepts node tunnels and opens visitor streams on them.
+type Server struct {
+	cfg       ServerConfig
+	kp        *identity.KeyPair
+	log       *slog.Logger
+	hsLimit   *bucket
+	mu        sync.Mutex
+	tunnels   map[identity.ID]*tunnelConn
+	wg        sync.WaitGroup
+	Accepted  atomic.Int64 // tunnels accepted since start
+	Refused   atomic.Int64 // handshakes refused by the rate limit
+	tr        *quic.Transport
+	ln        *quic.Listener
+	closeOnce sync.Once
+}
+
+type tunnelConn struct {
+	id      identity.ID
+	conn    *quic.Conn
+	streams atomic.Int64
+	rate    *bucket // nil: unlimited
+}
+
+// NewServer returns a server for kp; call Serve to run it.
+func NewServer(kp *identity.KeyPair, cfg ServerConfig) *Server {
+	if cfg.MaxStreamsPerNode <= 0 {
+		cfg.MaxStreamsPerNode = 10000
+	}
+	if cfg.HandshakesPerSecond <= 0 {
+		cfg.HandshakesPerSecond = 100
+	}
+	if cfg.HandshakeBurst <= 0 {
+		cfg.HandshakeBurst = 200
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Server{
+		cfg: cfg, kp: kp, log: log,
+		hsLimit: newBucket(cfg.HandshakesPerSecond, float64(cfg.HandshakeBurst)),
+		tunnels: map[identity.ID]*tunnelConn{},
+	}
+}
+
+// Listen binds the UDP socket and starts accepting tunnels. Close stops.
+func (s *Server) Listen(addr string) (net.Addr, error) {
+	udp, err := net.ListenPacket("udp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("tunnel listen %s: %w", addr, err)
+	}
+	tlsConf, err := quicid.ServerConfig(s.kp, ALPN, s.admit)
+	if err != nil {
+		udp.Close()
+		return nil, err
+	}
+	tlsConf.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) {
+		// Checked on the ClientHello, before any signature is computed.
+		if !s.hsLimit.take(1) {
+			s.Refused.Add(1)
+			return nil, ErrHandshakeCap
+		}
+		return nil, nil
+	}
+	s.tr = &quic.Transport{Conn: udp, StatelessResetKey: quicid.StatelessResetKey(s.kp)}
+	qc := quicid.Config(0, Idle) // nodes open no streams to the server
+	qc.MaxIncomingStreams = -1
+	qc.EnableDatagrams = true // wake probes from nodes; never read
+	ln, err := s.tr.Listen(tlsConf, qc)
+	if err != nil {
+		s.tr.Close()
+		return nil, fmt.Errorf("tunnel listen: %w", err)
+	}
+	s.ln = ln
+	s.wg.Add(1)
+	go s.acceptLoop()
+	return udp.LocalAddr(), nil
+}
+
+func (s *Server) admit(id identity.ID) error {
+	if s.cfg.Admit == nil {
+		return nil
+	}
+	if err := s.cfg.Admit(id); err != nil {
+		s.log.Info("tunnel refused", "node", id, "err", err)
+		return fmt.Errorf("%w: %w", ErrNotAdmitted, err)
+	}
+	return nil
+}
+
+func (s *Server) acceptLoop() {
+	defer s.wg.Done()
+	for {
+		conn, err := s.ln.Accept(context.Background())
+		if err != nil {
+			return
+		}
+		id, err := quicid.PeerIDFromState(conn.ConnectionState().TLS)
+		if err != nil {
+			conn.CloseWithError(1, "no node id")
+			continue
+		}
+		// Admission is settled: tell the node (a TLS 1.3 client finishes
+		// its handshake before the server has checked its certificate).
+		if err := sendWelcome(conn); err != nil {
+			conn.CloseWithError(1, "welcome failed")
+			continue
+		}
+		t := &tunnelConn{id: id, conn: conn}
+		if s.cfg.BytesPerSecond > 0 {
+			t.rate = newBucket(s.cfg.BytesPerSecond, max(s.cfg.BytesPerSecond, 256<<10))
+		}
+		s.mu.Lock()
+		old := s.tunnels[id]
+		s.tunnels[id] = t
+		s.mu.Unlock()
+		if old != nil {
+			old.conn.CloseWithError(2, "replaced by a newer tunnel")
+		}
+		s.Accepted.Add(1)
+		s.log.Info("tunnel up", "node", id, "from", conn.RemoteAddr())
+		if s.cfg.OnUp != nil {
+			go s.cfg.OnUp(id, conn.RemoteAddr())
+		}
+		// AfterFunc rather than a goroutine: an idle tunnel holds no
+		// stack of ours.
+		s.wg.Add(1)
+		context.AfterFunc(conn.Context(), func() {
+			defer s.wg.Done()
+			s.mu.Lock()
+			if s.tunnels[id] == t {
+				delete(s.tunnels, id)
+			}
+			s.mu.Unlock()
+			s.log.Info("tunnel down", "node", id, "err", context.Cause(conn.Context()))
+		})
+	}
+}
+
+// Wake tells the nodes at addrs that this supernode is back, so they probe
+// their tunnel now instead of at their next keep-alive: a node whose
+// tunnel died with the previous process gets a stateless reset and
+// reconnects at once. Call it after Listen.
+func (s *Server) Wake(addrs []netip.AddrPort) {
+	for _, a := range addrs {
+		s.tr.WriteTo(wakeMessage, net.UDPAddrFromAddrPort(a))
+	}
+}
+
+// Has reports whether node id holds a tunnel here.
+func (s *Server) Has(id identity.ID) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.tunnels[id]
+	return ok
+}
+
+// Len returns the number of tunnels.
+func (s *Server) Len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.tunnels)
+}
+
+// Dial opens a visitor stream to service on node id's tunnel. The returned
+// conn's CloseWrite ends the visitor's direction.
+func (s *Server) Dial(ctx context.Context, id identity.ID, service string, visitor net.Addr) (net.Conn, error) {
+	s.mu.Lock()
+	t := s.tunnels[id]
+	s.mu.Unlock()
+	if t == nil {
+		return nil, ErrNoTunnel
+	}
+	if t.streams.Add(1) > s.cfg.MaxStreamsPerNode {
+		t.streams.Add(-1)
+		return nil, ErrStreamQuota
+	}
+	h := Header{Service: service}
+	if a, ok := visitor.(*net.TCPAddr); ok {
+		ap := a.AddrPort()
+		h.Visitor = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	var buf [MaxHeaderLen]byte
+	hdr, err := h.AppendBinary(buf[:0])
+	if err != nil {
+		t.streams.Add(-1)
+		return nil, err
+	}
+	st, err := t.conn.OpenStreamSync(ctx)
+	if err != nil {
+		t.streams.Add(-1)
+		return nil, fmt.Errorf("tunnel: open stream: %w", err)
+	}
+	if _, err := st.Write(hdr); err != nil {
+		st.CancelWrite(0)
+		st.CancelRead(0)
+		t.streams.Add(-1)
+		return nil, fmt.Errorf("tunnel: write header: %w", err)
+	}
+	c := newStreamConn(st, t.conn, t.rate)
+	c.onClose = func() { t.streams.Add(-1) }
+	return c, nil
+}
+
+// Close closes every tunnel and the socket and waits for the goroutines.
+func (s *Server) Close() error {
+	s.closeOnce.Do(func() {
+		if s.ln != nil {
+			s.ln.Close()
+		}
+		s.mu.Lock()
+		for _, t := range s.tunnels {
+			t.conn.CloseWithError(0, "supernode stopping")
+		}
+		s.mu.Unlock()
+		if s.tr != nil {
+			s.tr.Close()
+			s.tr.Conn.Close() // the transport does not close a socket it was given
+		}
+	})
+	s.wg.Wait()
+	return nil
+}
+
+// welcome is the one byte the supernode sends on a uni-stream once it has
+// admitted a node: the protocol version.
+const welcome = Version
+
+func sendWelcome(conn *quic.Conn) error {
+	st, err := conn.OpenUniStream()
+	if err != nil {
+		return err
+	}
+	if _, err := st.Write([]byte{welcome}); err != nil {
+		return err
+	}
+	return st.Close()
+}
