@@ -125,7 +125,9 @@ func runProxy(args []string) error {
 	pprofAddr := fs.String("pprof", "", "serve net/http/pprof on this address (profiling)")
 	listeners := fs.Int("listeners", 1, "accept loops (SO_REUSEPORT listeners)")
 	parkAfter := fs.Duration("park-after", 0, "sniproxy Config.ParkAfter (0: the package default)")
-	goroutines := fs.Bool("goroutines", false, "use the goroutine data path (a custom dialer) instead of the event loops")
+	// SNIBENCH_GOROUTINES=1 sets the default so run.sh VARIANTS (which pass
+	// environment, not flags) can compare the two data paths.
+	goroutines := fs.Bool("goroutines", os.Getenv("SNIBENCH_GOROUTINES") == "1", "use the goroutine data path (a custom dialer) instead of the event loops")
 	_ = fs.Parse(args)
 	if *pprofAddr != "" {
 		go func() { log.Print(http.ListenAndServe(*pprofAddr, nil)) }()
