@@ -365,6 +365,11 @@ func (h *Handler) answer(req *mdns.Msg) *mdns.Msg {
 			return h.nxdomain(resp, zn)
 		}
 		addrs := h.own
+		if live, ok := h.src.(LiveSupernodes); ok {
+			if a := live.LiveAddrs(); len(a) > 0 {
+				addrs = a
+			}
+		}
 		if len(direct) > 0 {
 			addrs = direct
 		}
