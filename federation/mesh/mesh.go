@@ -60,10 +60,10 @@ type Announcement struct {
 
 // status is the periodic frame.
 type status struct {
-	Time    int64         `json:"time"`
+	Time     int64         `json:"time"`
 	Announce Announcement  `json:"announce"`
-	Names   int           `json:"names"`
-	Tunnels []identity.ID `json:"tunnels"`
+	Names    int           `json:"names"`
+	Tunnels  []identity.ID `json:"tunnels"`
 }
 
 // Options configure a Mesh. Zero values take the defaults shown.
