@@ -50,7 +50,7 @@ node's tunnel, and DNS answers only with supernodes that are alive.
 		var tun *tunnel.ServerService
 		mesh := fedmesh.NewService(reg, tunnelIDs{&tun})
 		tun = tunnel.NewServerService(mesh) // admits nodes owning a name anywhere in the federation
-		mesh.DHT, mesh.Next = dht, pub
+		mesh.DHT, mesh.Next, mesh.Resolver = dht, pub, pub
 		reg.Publisher, reg.Claims = mesh, mesh
 		sni := sniproxy.NewService(mesh)
 		sni.Tunnels = mesh // names of nodes with a tunnel here go over it, else over the mesh

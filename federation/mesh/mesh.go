@@ -81,18 +81,22 @@ type Options struct {
 	DeadAfter      time.Duration // 5 s: silence after which a peer is dead
 	MaxRemoteNames int           // 2,000,000 remote claims held
 	Announce       func() Announcement
-	Logger         *slog.Logger
+	// Resolver, when set, looks names the mesh does not know up in the
+	// DHT (bounded: see lookup.go).
+	Resolver Resolver
+	Logger   *slog.Logger
 }
 
 // Mesh is one supernode's side of the federation.
 type Mesh struct {
-	o     Options
-	id    identity.ID
-	log   *slog.Logger
-	names *table
-	tr    *quic.Transport
-	ln    *quic.Listener
-	addr  net.Addr
+	o      Options
+	id     identity.ID
+	log    *slog.Logger
+	names  *table
+	misses *misses
+	tr     *quic.Transport
+	ln     *quic.Listener
+	addr   net.Addr
 
 	mu    sync.Mutex
 	peers map[identity.ID]*peer
@@ -144,7 +148,7 @@ func New(o Options) (*Mesh, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	m := &Mesh{o: o, log: log, names: newTable(o.MaxRemoteNames), peers: map[identity.ID]*peer{}, stop: make(chan struct{})}
+	m := &Mesh{o: o, log: log, names: newTable(o.MaxRemoteNames), misses: newMisses(), peers: map[identity.ID]*peer{}, stop: make(chan struct{})}
 	m.refreshLive()
 	return m, nil
 }
@@ -592,13 +596,7 @@ func (m *Mesh) checkRecord(rec *wire.Record) error {
 	if rec.Name != normal(rec.Name) || rec.Owner.IsZero() {
 		return errors.New("not in normal form or no owner")
 	}
-	served := false
-	for _, z := range m.o.Registry.Zones() {
-		if len(rec.Name) > len(z)+1 && rec.Name[len(rec.Name)-len(z)-1] == '.' && rec.Name[len(rec.Name)-len(z):] == z {
-			served = true
-		}
-	}
-	if !served {
+	if !m.served(rec.Name) {
 		return errors.New("not under a served suffix")
 	}
 	return rec.VerifyProof()

@@ -15,6 +15,7 @@ import (
 
 	"github.com/elacity/pc2/core/identity"
 	"github.com/elacity/pc2/gateway/httproute"
+	"github.com/elacity/pc2/plugins/registry/dhtpub"
 	"github.com/elacity/pc2/plugins/registry/wire"
 	"github.com/elacity/pc2/relay/tunnel"
 )
@@ -365,5 +366,59 @@ func TestDeadPeerNoticed(t *testing.T) {
 	t.Logf("silent peer noticed after %v (deadAfter %v)", time.Since(start).Round(time.Millisecond), l.c.o.DeadAfter)
 	if st := l.c.Status(); len(st.Peers) != 1 || st.Peers[0].Alive || st.Peers[0].Downs != 1 {
 		t.Fatalf("status after the death: %+v", st.Peers)
+	}
+}
+
+// fakeResolver answers from a fixed set of claims and counts lookups.
+type fakeResolver struct {
+	mu     sync.Mutex
+	claims map[string][]dhtpub.Claim
+	calls  int
+}
+
+func (f *fakeResolver) Resolve(_ context.Context, name string, trusted func(identity.ID) bool) ([]dhtpub.Claim, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls++
+	var out []dhtpub.Claim
+	for _, c := range f.claims[name] {
+		if trusted(c.Supernode) {
+			out = append(out, c)
+		}
+	}
+	return out, nil
+}
+
+// TestUnknownNameFoundInDHT: a name no connected peer announced is looked
+// up in the DHT once, taken only from a trusted supernode, and a name not
+// found is not looked up again at once.
+func TestUnknownNameFoundInDHT(t *testing.T) {
+	peer, stranger, owner := key(t), key(t), key(t)
+	res := &fakeResolver{claims: map[string][]dhtpub.Claim{
+		"gina.ela.city": {{Supernode: peer.ID(), Record: signedRecord(t, owner, "gina.ela.city", "192.0.2.5:443", 10)}},
+		"hank.ela.city": {{Supernode: stranger.ID(), Record: signedRecord(t, owner, "hank.ela.city", "192.0.2.5:443", 10)}},
+	}}
+	m, err := New(Options{Key: key(t), Registry: newMemRegistry(), Resolver: res, Peers: map[identity.ID]string{peer.ID(): ""}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Listen("127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if tgt, ok := m.TLSTarget("gina.ela.city"); !ok || tgt != "192.0.2.5:443" {
+		t.Fatalf("gina: %q %v", tgt, ok)
+	}
+	if _, ok := m.Owner("hank.ela.city"); ok {
+		t.Fatal("a claim announced by an untrusted supernode is routed")
+	}
+	for range 3 {
+		m.Owner("nobody.ela.city")
+		m.Owner("x.y.ela.city") // not a name: never looked up
+		m.Owner("other.example")
+	}
+	m.Owner("gina.ela.city") // known now: no lookup
+	if res.calls != 3 {
+		t.Fatalf("%d DHT lookups, want 3 (gina, hank, nobody once)", res.calls)
 	}
 }

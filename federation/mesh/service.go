@@ -77,6 +77,9 @@ type Service struct {
 	// Next receives every registry change after the mesh (the DHT
 	// publisher).
 	Next Publisher
+	// Resolver, when set, looks names the mesh does not know up in the
+	// DHT (the dhtpub service).
+	Resolver Resolver
 	// Endpoints, when set, returns the tunnel and SNI endpoints to
 	// announce.
 	Endpoints func() (tunnel, sni string)
@@ -141,6 +144,7 @@ func (s *Service) Start(ctx context.Context, h host.Handle) error {
 	}
 	m := s.Mesh
 	m.o.Key, m.log = h.Identity(), h.Logger()
+	m.o.Resolver = s.Resolver
 	m.o.Heartbeat, m.o.DeadAfter = c.Heartbeat, c.DeadAfter
 	m.names.max = c.MaxRemoteNames
 	m.o.Peers = map[identity.ID]string{}

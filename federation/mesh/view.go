@@ -22,6 +22,9 @@ func (m *Mesh) resolve(name string) (*wire.Record, bool) {
 	name = normal(name)
 	remote := m.names.best(name, time.Now().Unix())
 	lowner, lok := m.o.Registry.Owner(name)
+	if remote == nil && !lok && m.lookupMiss(name) {
+		remote = m.names.best(name, time.Now().Unix())
+	}
 	switch {
 	case remote == nil:
 		return nil, lok
