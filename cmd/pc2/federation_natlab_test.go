@@ -299,6 +299,57 @@ tunnel-client:
 		t.Errorf("the losing owner registering again: %v, want taken", err)
 	}
 	t.Logf("carol: claim %d (at %s) won everywhere", winner, []string{"A", "B"}[winner])
+
+	// dave claimed at A and at B while the two cannot reach each other
+	// (a blackhole route on A): both accept, since neither knows the
+	// other's claim, the widest form of "at the same moment". Once the
+	// link is back, both converge on the claim the rule picks.
+	var dave [2]struct{ ca, target string }
+	for i := range dave {
+		dave[i].target = fmt.Sprintf("%s:%d", vip, 4403+i)
+		dave[i].ca = serve("visitor", dave[i].target, "dave.ela.city")
+	}
+	if _, err := lab.Run(ctx, "sa", "ip", "route", "add", "blackhole", B.ip+"/32"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "A and B see each other dead", 15*time.Second, func() bool {
+		out, _ := lab.Run(ctx, "sa", pc2Bin, "supernode", "status", "--data", filepath.Join(dir, "sa"))
+		return strings.Count(out, " alive ") == 1
+	})
+	for i, s := range []*super{A, B} {
+		out, err := lab.Run(ctx, "visitor", pc2Bin, "name", "register", "dave.ela.city",
+			"--data", claim[i].data, "--registry", "http://"+s.ip+":39002", "--target", dave[i].target)
+		if err != nil {
+			t.Fatalf("dave at %s during the partition: %v", s.host, err)
+		}
+		t.Logf("dave accepted at %s: %s", s.host, strings.TrimSpace(out))
+	}
+	if _, err := lab.Run(ctx, "sa", "ip", "route", "del", "blackhole", B.ip+"/32"); err != nil {
+		t.Fatal(err)
+	}
+	daveWinner := -1
+	waitFor(t, "dave converges on one owner at A, B and C", 20*time.Second, func() bool {
+		for i := range dave {
+			if servedVia(A, "dave.ela.city", dave[i].ca) && servedVia(B, "dave.ela.city", dave[i].ca) && servedVia(C, "dave.ela.city", dave[i].ca) {
+				daveWinner = i
+				return true
+			}
+		}
+		return false
+	})
+	// The loser's supernode evicted the losing claim and tells its owner.
+	loserAt := []*super{A, B}[1-daveWinner]
+	_, err = lab.Run(ctx, "visitor", pc2Bin, "name", "register", "dave.ela.city",
+		"--data", claim[1-daveWinner].data, "--registry", "http://"+loserAt.ip+":39002", "--target", dave[1-daveWinner].target)
+	if ee, ok := err.(*natlab.ExitError); !ok || !strings.Contains(ee.Stderr, "taken") {
+		t.Errorf("the losing owner of dave registering again at %s: %v, want taken", loserAt.host, err)
+	}
+	winnerAt := []*super{A, B}[daveWinner]
+	show, err := lab.Run(ctx, "visitor", pc2Bin, "name", "show", "dave.ela.city", "--registry", "http://"+winnerAt.ip+":39002")
+	if err != nil {
+		t.Fatalf("dave at the winner's supernode: %v", err)
+	}
+	t.Logf("dave after the partition healed: the claim at %s won everywhere (%s)", winnerAt.host, strings.TrimSpace(strings.ReplaceAll(show, "\n", "; ")))
 	for _, s := range supers {
 		s.proc.Stop(5 * time.Second)
 	}
