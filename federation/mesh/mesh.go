@@ -36,6 +36,7 @@ type Registry interface {
 	LookupName(name string) ([]netip.Addr, bool)
 	ACMEChallenge(name string) ([]string, bool)
 	Registered(id identity.ID) bool
+	Len() int
 	Get(name string) (*wire.Record, error)
 	Records(fn func(*wire.Record)) error
 	Evict(ctx context.Context, name string, owner identity.ID) (bool, error)
@@ -324,7 +325,7 @@ func (m *Mesh) statusFrame(now time.Time) []byte {
 	if m.o.Tunnels != nil {
 		s.Tunnels = m.o.Tunnels.IDs()
 	}
-	_ = m.o.Registry.Records(func(*wire.Record) { s.Names++ })
+	s.Names = m.o.Registry.Len()
 	b, _ := json.Marshal(s)
 	f, err := AppendFrame(nil, frameStatus, b)
 	if err != nil {

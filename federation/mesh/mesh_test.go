@@ -51,6 +51,11 @@ func (r *memRegistry) HTTPBackend(host []byte) (httproute.Backend, bool) {
 	}
 	return httproute.Backend{}, false
 }
+func (r *memRegistry) Len() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.recs)
+}
 func (r *memRegistry) Zones() []string { return []string{"ela.city"} }
 func (r *memRegistry) LookupName(name string) ([]netip.Addr, bool) {
 	return nil, r.get(name) != nil

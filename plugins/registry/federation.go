@@ -104,3 +104,11 @@ func (s *Service) Get(name string) (*wire.Record, error) {
 	}
 	return nil, &Error{Code: wire.CodeNotFound, Msg: "registry not started"}
 }
+
+// Len: see Registry.Len; 0 before Start.
+func (s *Service) Len() int {
+	if r := s.reg.Load(); r != nil {
+		return r.Len()
+	}
+	return 0
+}
