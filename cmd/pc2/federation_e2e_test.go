@@ -123,7 +123,6 @@ tunnel:
   listen: %s
 dns:
   listen: %s
-  ttl: 5s
 mesh:
   listen: %s
   addresses: [%s]

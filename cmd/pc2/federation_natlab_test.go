@@ -104,7 +104,6 @@ tunnel:
   listen: %[2]s:8090
 dns:
   listen: %[2]s:53
-  ttl: 5s
   addresses: [%[2]s]
 mesh:
   listen: %[2]s:39003
