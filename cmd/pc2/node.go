@@ -54,7 +54,6 @@ node's tunnel, and DNS answers only with supernodes that are alive.
 		reg.Publisher, reg.Claims = mesh, mesh
 		sni := sniproxy.NewService(mesh)
 		sni.Tunnels = mesh // names of nodes with a tunnel here go over it, else over the mesh
-		mesh.Endpoints = func() (string, string) { return addrString(tun.Addr()), addrString(sni.Addr()) }
 		// Start order matters: the DHT before the publisher, the registry
 		// before the mesh (which sends its names to peers) and DNS (which
 		// reads its zones at start).
@@ -74,13 +73,6 @@ func (t tunnelIDs) IDs() []identity.ID {
 		return nil
 	}
 	return (*t.tun).IDs()
-}
-
-func addrString(a net.Addr) string {
-	if a == nil {
-		return ""
-	}
-	return a.String()
 }
 
 var roleNode = role{
@@ -138,6 +130,11 @@ func nodeCommand(r role) *command {
 				return err
 			}
 			return h.Run(ctx, func(info host.Info) {
+				for _, s := range services {
+					if r, ok := s.(interface{ HostReady(host.Info) }); ok {
+						r.HostReady(info) // e.g. the mesh announces endpoints of services started after it
+					}
+				}
 				if err := host.NotifyReadyFD(info); err != nil {
 					h.Logger().Warn("readiness notification failed", "err", err)
 				}

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"sync/atomic"
 	"time"
 
 	"github.com/elacity/pc2/core/host"
@@ -79,12 +80,10 @@ type Service struct {
 	Next Publisher
 	// Resolver, when set, looks names the mesh does not know up in the
 	// DHT (the dhtpub service).
-	Resolver Resolver
-	// Endpoints, when set, returns the tunnel and SNI endpoints to
-	// announce.
-	Endpoints func() (tunnel, sni string)
+	Resolver  Resolver
+	status    *http.Server
+	endpoints atomic.Pointer[[2]string] // tunnel, SNI: set by HostReady
 
-	status *http.Server
 }
 
 // NewService returns an unstarted mesh over reg and tun (tun may be nil).
@@ -163,8 +162,8 @@ func (s *Service) Start(ctx context.Context, h host.Handle) error {
 		for _, ad := range m.o.Addresses {
 			a.Addresses = append(a.Addresses, ad.String())
 		}
-		if s.Endpoints != nil {
-			a.Tunnel, a.SNI = s.Endpoints()
+		if e := s.endpoints.Load(); e != nil {
+			a.Tunnel, a.SNI = e[0], e[1]
 		}
 		return a
 	}
@@ -211,6 +210,12 @@ func (s *Service) Start(ctx context.Context, h host.Handle) error {
 	}
 	m.log.Info("mesh ready", "udp", m.addr.String(), "peers", len(c.Peers))
 	return nil
+}
+
+// HostReady learns the tunnel and SNI endpoints to announce from the
+// host's Info once every service has started (they start after the mesh).
+func (s *Service) HostReady(info host.Info) {
+	s.endpoints.Store(&[2]string{info.Extra["tunnel.listen"], info.Extra["sni.listen"]})
 }
 
 // Stop implements host.Service.
