@@ -37,6 +37,7 @@ type fedSuper struct {
 
 func (s *fedSuper) start(t *testing.T) {
 	s.proc = startPC2Proc(t, "supernode", "--dev", "--data", s.data, "--config", s.cfg)
+	s.proc.cleanExit = true // a data race (exit 66) or an unclean stop fails the test
 }
 
 // tlsServer serves body over TLS with a certificate for name.
