@@ -221,6 +221,13 @@ tunnel-client:
 	if err != nil || strings.Count(status, " alive ") != 2 {
 		t.Fatalf("pc2 supernode status at C: %v\n%s", err, status)
 	}
+	// C was given A's and B's ids only: their mesh endpoints came from
+	// their announcements in the DHT.
+	for _, s := range []*super{A, B} {
+		if !strings.Contains(status, s.ip+":39003") {
+			t.Errorf("C did not learn %s's mesh endpoint from the DHT", s.host)
+		}
+	}
 	t.Logf("pc2 supernode status at C:\n%s", status)
 
 	// kill -9 A.
