@@ -27,6 +27,10 @@ import (
 // ALPN is the TLS application protocol of mesh connections.
 const ALPN = "pc2-mesh/1"
 
+// maxDiscovered bounds the supernodes an open federation (no peers list)
+// admits from the DHT, where anyone can announce.
+const maxDiscovered = 64
+
 // Registry is the local name registry (plugins/registry implements it).
 type Registry interface {
 	Owner(name string) (identity.ID, bool)
@@ -255,6 +259,9 @@ func (m *Mesh) Discovered(id identity.ID, a Announcement) {
 	p := m.peers[id]
 	switch {
 	case p == nil && len(m.o.Peers) > 0:
+		return
+	case p == nil && len(m.peers) >= maxDiscovered:
+		m.log.Warn("mesh: too many supernodes announced; ignoring more (list them in mesh.peers)", "id", id)
 		return
 	case p == nil:
 		m.peers[id] = &peer{id: id, addr: a.Mesh}
