@@ -427,3 +427,42 @@ func TestUnknownNameFoundInDHT(t *testing.T) {
 		t.Fatalf("%d DHT lookups, want 3 (gina, hank, nobody once)", res.calls)
 	}
 }
+
+// TestDiscoveryAdmission: with a peers list only listed supernodes are
+// taken from the DHT (their address learnt); with none, discovered ones
+// are admitted, up to a bound.
+func TestDiscoveryAdmission(t *testing.T) {
+	listed, stranger := key(t), key(t)
+	m, _ := New(Options{Key: key(t), Registry: newMemRegistry(), Peers: map[identity.ID]string{listed.ID(): ""}})
+	if err := m.Listen("127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	m.Discovered(stranger.ID(), Announcement{Mesh: "127.0.0.1:9"})
+	m.Discovered(listed.ID(), Announcement{Mesh: "127.0.0.2:9"})
+	if m.admit(stranger.ID()) == nil {
+		t.Fatal("a supernode not on the list was admitted")
+	}
+	if m.admit(listed.ID()) != nil || m.Status().Peers[0].Addr != "127.0.0.2:9" {
+		t.Fatalf("listed peer: %+v", m.Status().Peers)
+	}
+
+	open, _ := New(Options{Key: key(t), Registry: newMemRegistry()})
+	if err := open.Listen("127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	defer open.Close()
+	if open.admit(stranger.ID()) == nil {
+		t.Fatal("admitted before it was discovered")
+	}
+	open.Discovered(stranger.ID(), Announcement{Mesh: "127.0.0.1:9"})
+	if open.admit(stranger.ID()) != nil {
+		t.Fatal("a discovered supernode was not admitted")
+	}
+	for range maxDiscovered + 10 {
+		open.Discovered(key(t).ID(), Announcement{Mesh: "127.0.0.1:9"})
+	}
+	if n := len(open.Status().Peers); n != maxDiscovered {
+		t.Fatalf("%d supernodes admitted, bound %d", n, maxDiscovered)
+	}
+}
