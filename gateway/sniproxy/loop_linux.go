@@ -1101,9 +1101,14 @@ func (l *loop) closeAll() {
 // goroutine path.
 func (l *loop) handoff(c *lconn, h *clienthello.Hello, target Target, name string) {
 	s := l.s
+	// Leave the epoll set first: the duplicate net.FileConn makes keeps
+	// the socket open, so closing the loop's descriptor would not remove
+	// the registration, and every event of the handed-off connection
+	// would go on waking this loop.
+	_ = rawEpollCtl(l.epfd, unix.EPOLL_CTL_DEL, int(c.cfd), nil)
 	f := os.NewFile(uintptr(c.cfd), "client")
 	nc, err := net.FileConn(f) // a duplicate descriptor owned by the runtime
-	f.Close()                  // closes the loop's descriptor (and its epoll registration)
+	f.Close()                  // closes the loop's descriptor
 	c.cfd = -1
 	l.close(c)
 	if err != nil {

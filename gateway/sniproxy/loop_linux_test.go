@@ -1,0 +1,90 @@
+//go:build linux
+
+package sniproxy_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/elacity/pc2/gateway/sniproxy"
+)
+
+// staleEpollEntries lists the registrations in this process's epoll sets
+// that no longer belong to the descriptor number they were added with:
+// the number is closed or now names another file. Closing a descriptor
+// removes it from an epoll set only when no duplicate keeps its file open,
+// so such an entry goes on waking its loop for a socket the loop no longer
+// owns.
+func staleEpollEntries(t testing.TB) []string {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stale []string
+	for _, e := range ents {
+		if l, err := os.Readlink("/proc/self/fd/" + e.Name()); err != nil || l != "anon_inode:[eventpoll]" {
+			continue
+		}
+		f, err := os.Open("/proc/self/fdinfo/" + e.Name())
+		if err != nil {
+			continue // closed meanwhile
+		}
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			// tfd:        5 events:       19 data:                5  pos:0 ino:1468154 sdev:9
+			fields := strings.Fields(sc.Text())
+			if len(fields) < 8 || fields[0] != "tfd:" {
+				continue
+			}
+			tfd := fields[1]
+			var ino uint64
+			for _, fl := range fields {
+				if v, ok := strings.CutPrefix(fl, "ino:"); ok {
+					ino, _ = strconv.ParseUint(v, 16, 64)
+				}
+			}
+			var st syscall.Stat_t
+			if err := syscall.Stat("/proc/self/fd/"+tfd, &st); err != nil || st.Ino != ino {
+				stale = append(stale, fmt.Sprintf("epoll fd %s: tfd %s (file ino %d): %v, now ino %d", e.Name(), tfd, ino, err, st.Ino))
+			}
+		}
+		f.Close()
+	}
+	return stale
+}
+
+// TestHandoffLeavesNoEpollRegistration: a connection the loop hands to the
+// goroutine path (a target with its own Dial, such as a tunnel stream) must
+// leave the loop's epoll set. net.FileConn duplicates the descriptor, so
+// closing the loop's copy alone keeps the socket registered and every
+// packet of the handed-off connection wakes the loop.
+func TestHandoffLeavesNoEpollRegistration(t *testing.T) {
+	backend := listen(t)
+	backends := rawBackend(backend)
+	cfg := sniproxy.Config{Router: staticRouter{names: map[string]sniproxy.Target{testName: {
+		Dial: func(ctx context.Context, _ net.Addr) (net.Conn, error) {
+			c, err := (&net.Dialer{}).DialContext(ctx, "tcp", backend.Addr().String())
+			if err != nil {
+				return nil, err
+			}
+			return nonTCPConn{c}, nil
+		},
+	}}}}
+	e := startProxy(t, cfg, false)
+	if stale := staleEpollEntries(t); len(stale) > 0 {
+		t.Fatalf("stale epoll entries before the test:\n%s", strings.Join(stale, "\n"))
+	}
+	c, b := relayedPair(t, e, backends)
+	exchange(t, c, b, 3)
+	if stale := staleEpollEntries(t); len(stale) > 0 {
+		t.Fatalf("a handed-off connection is still in an event loop's epoll set:\n%s", strings.Join(stale, "\n"))
+	}
+}
