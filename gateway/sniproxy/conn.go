@@ -13,6 +13,9 @@ type conn struct {
 	c     net.Conn
 	ip    netip.Addr
 	since time.Time // accepted
+	// loopSlot: handed over by an event loop; it holds one of the loops'
+	// slots (Server.loopConns) until release.
+	loopSlot bool
 
 	// Guarded by Server.mu.
 	prev, next *conn

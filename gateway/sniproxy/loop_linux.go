@@ -1110,17 +1110,22 @@ func (l *loop) handoff(c *lconn, h *clienthello.Hello, target Target, name strin
 	nc, err := net.FileConn(f) // a duplicate descriptor owned by the runtime
 	f.Close()                  // closes the loop's descriptor
 	c.cfd = -1
+	// The connection keeps its slot of MaxConns (loopConns, which the
+	// loops admit by) until release; close gives the loop's up.
+	s.loopConns.Add(1)
 	l.close(c)
 	if err != nil {
+		s.loopConns.Add(-1)
 		h.Release()
 		s.m.DialErrors.Inc()
 		s.log.Warn("sniproxy: handoff", "err", err)
 		return
 	}
-	cs := &conn{c: nc, ip: c.ip, since: time.Now()}
+	cs := &conn{c: nc, ip: c.ip, since: time.Now(), loopSlot: true}
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
+		s.loopConns.Add(-1)
 		h.Release()
 		nc.Close()
 		return

@@ -12,7 +12,9 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
+	"github.com/elacity/pc2/gateway/clienthello/hellotest"
 	"github.com/elacity/pc2/gateway/sniproxy"
 )
 
@@ -86,5 +88,55 @@ func TestHandoffLeavesNoEpollRegistration(t *testing.T) {
 	exchange(t, c, b, 3)
 	if stale := staleEpollEntries(t); len(stale) > 0 {
 		t.Fatalf("a handed-off connection is still in an event loop's epoll set:\n%s", strings.Join(stale, "\n"))
+	}
+}
+
+// tunnelTarget routes testName to a Target with its own Dial (as a tunnel
+// stream is), which the event loops hand to the goroutine path; each dial
+// is reported on dials.
+func tunnelTarget(backend net.Listener, dials chan<- struct{}) sniproxy.Router {
+	return staticRouter{names: map[string]sniproxy.Target{testName: {
+		Dial: func(ctx context.Context, _ net.Addr) (net.Conn, error) {
+			dials <- struct{}{}
+			c, err := (&net.Dialer{}).DialContext(ctx, "tcp", backend.Addr().String())
+			if err != nil {
+				return nil, err
+			}
+			return nonTCPConn{c}, nil
+		},
+	}}}
+}
+
+// TestMaxConnsCountsHandedOff: connections the loops hand to the goroutine
+// path (tunnel streams) hold a slot of MaxConns until they end, like the
+// ones the loops relay themselves.
+func TestMaxConnsCountsHandedOff(t *testing.T) {
+	backend := listen(t)
+	backends := rawBackend(backend)
+	dials := make(chan struct{}, 8)
+	e := startProxy(t, sniproxy.Config{MaxConns: 1, Router: tunnelTarget(backend, dials)}, false)
+	first, b1 := relayedPair(t, e, backends)
+	<-dials
+
+	hello := hellotest.ChromeLike(testName)
+	second, err := net.DialTimeout("tcp", e.proxyAddr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer second.Close()
+	if _, err := second.Write(hello); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-dials:
+		t.Fatal("a second connection was dialled while the first, handed off, held the only slot")
+	case <-time.After(300 * time.Millisecond): // an absence can only be bounded
+	}
+	first.Close()
+	b1.Close()
+	select {
+	case <-dials:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the second connection never got the freed slot")
 	}
 }

@@ -334,6 +334,9 @@ func (s *Server) release(cs *conn) {
 		s.total--
 	}
 	s.mu.Unlock()
+	if cs.loopSlot {
+		s.loopConns.Add(-1)
+	}
 	select {
 	case s.slotFree <- struct{}{}:
 	default:
