@@ -177,6 +177,7 @@ func (s *Server) serveLoops(ctx context.Context, ln *net.TCPListener) error {
 	defer func() {
 		for _, l := range loops {
 			for _, a := range l.inbox { // given after the loop stopped
+				s.loopConns.Add(-1)
 				unix.Close(a.fd)
 			}
 			l.epf.Close()
@@ -449,13 +450,22 @@ func (l *loop) room() bool {
 	if s.loopConns.Load() < int64(s.cfg.MaxConns) && l.hello.n < l.maxPending {
 		return true
 	}
-	h := l.hello.head
-	return h != nil && l.clock()-h.t >= int64(s.evictAge)
+	return l.evictable()
 }
 
 func (l *loop) accept() {
+	s := l.s
 	for range acceptMax {
-		if !l.room() {
+		// A free slot is taken (reserved) before the accept, so that loops
+		// accepting at once, and connections given to a loop that has not
+		// taken them from its inbox yet, cannot exceed MaxConns. Without
+		// one, the oldest pending hello of this loop may make way (admit
+		// evicts it).
+		reserved := l.reserve()
+		if !(reserved && l.hello.n < l.maxPending) && !l.evictable() {
+			if reserved {
+				s.loopConns.Add(-1)
+			}
 			// Full: stop listening until a slot frees (or shortly, for
 			// slots freed by other loops); the kernel queues meanwhile.
 			// A loop holding pending hellos is asked to evict its oldest.
@@ -469,9 +479,13 @@ func (l *loop) accept() {
 			peer netip.AddrPort
 			err  error
 		)
-		if cerr := l.ln.Control(func(lfd uintptr) {
+		cerr := l.ln.Control(func(lfd uintptr) {
 			fd, peer, err = rawAccept4(int(lfd))
-		}); cerr != nil {
+		})
+		if (cerr != nil || err != nil) && reserved {
+			s.loopConns.Add(-1)
+		}
+		if cerr != nil {
 			l.lnErr = cerr // closed under Serve: it returns the error
 			return
 		}
@@ -482,17 +496,42 @@ func (l *loop) accept() {
 		case unix.EINTR, unix.ECONNABORTED:
 			continue
 		default: // EMFILE, ENFILE, ENOBUFS: retry a little later
-			l.s.log.Warn("sniproxy: accept failed, retrying", "err", err)
+			s.log.Warn("sniproxy: accept failed, retrying", "err", err)
 			_ = l.listen(false)
 			l.retry = l.now + int64(50*time.Millisecond)
 			return
 		}
-		if t := l.balance(); t != l {
-			t.give(fd, peer)
-			continue
+		// Only a connection with a slot of its own is spread: one that
+		// takes an evicted hello's place must stay with that hello's loop.
+		if reserved {
+			if t := l.balance(); t != l {
+				t.give(fd, peer)
+				continue
+			}
 		}
-		l.admit(fd, peer)
+		l.admit(fd, peer, reserved)
 	}
+}
+
+// reserve takes one of the MaxConns slots if one is free.
+func (l *loop) reserve() bool {
+	s := l.s
+	for {
+		n := s.loopConns.Load()
+		if n >= int64(s.cfg.MaxConns) {
+			return false
+		}
+		if s.loopConns.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
+}
+
+// evictable reports whether this loop's oldest pending hello is old
+// enough to make way for a new connection.
+func (l *loop) evictable() bool {
+	h := l.hello.head
+	return h != nil && l.clock()-h.t >= int64(l.s.evictAge)
 }
 
 // balance picks the loop for a new connection: this one, unless another
@@ -508,7 +547,8 @@ func (l *loop) balance() *loop {
 	return best
 }
 
-// give queues an accepted descriptor for l and wakes it.
+// give queues an accepted descriptor, which holds a reserved slot, for l
+// and wakes it.
 func (l *loop) give(fd int, peer netip.AddrPort) {
 	l.count.Add(1) // counted now, so that a burst spreads
 	l.inboxMu.Lock()
@@ -525,10 +565,11 @@ func (l *loop) takeInbox() {
 	for _, a := range in {
 		l.count.Add(-1) // admit counts it again
 		if l.stop.Load() {
+			l.s.loopConns.Add(-1)
 			unix.Close(a.fd)
 			continue
 		}
-		l.admit(a.fd, a.peer)
+		l.admit(a.fd, a.peer, true)
 	}
 }
 
@@ -551,7 +592,10 @@ func (l *loop) askEviction() {
 	}
 }
 
-func (l *loop) admit(fd int, peer netip.AddrPort) {
+// admit takes an accepted connection in; reserved says it holds a slot
+// already (see accept), else it takes the place of the oldest pending
+// hello.
+func (l *loop) admit(fd int, peer netip.AddrPort, reserved bool) {
 	s := l.s
 	m := s.m
 	m.Accepted.Inc()
@@ -559,22 +603,25 @@ func (l *loop) admit(fd int, peer netip.AddrPort) {
 	s.mu.Lock()
 	if s.perIP[ip] >= s.cfg.MaxPendingPerIP {
 		s.mu.Unlock()
+		if reserved {
+			s.loopConns.Add(-1)
+		}
 		m.RejectedPerIP.Inc()
 		rawClose(fd)
 		return
 	}
 	s.perIP[ip]++
 	s.mu.Unlock()
-	if s.loopConns.Load() >= int64(s.cfg.MaxConns) || l.hello.n >= l.maxPending {
-		// room() said the oldest pending hello may make way. (If another
-		// loop took the last slot meanwhile, MaxConns is exceeded by one:
-		// it is a soft bound across loops.)
-		if v := l.hello.head; v != nil && l.now-v.t >= int64(s.evictAge) {
+	if !reserved {
+		s.loopConns.Add(1)
+	}
+	if s.loopConns.Load() > int64(s.cfg.MaxConns) || l.hello.n >= l.maxPending {
+		// accept found the oldest pending hello old enough to make way.
+		if l.evictable() {
 			m.PendingEvicted.Inc()
-			l.close(v)
+			l.close(l.hello.head)
 		}
 	}
-	s.loopConns.Add(1)
 	l.count.Add(1)
 	c := &lconn{cfd: int32(fd), bfd: -1, ip: ip, peer: peer, t: l.now, helloT: l.now, inPending: true}
 	l.addSlot(c)
@@ -1090,6 +1137,7 @@ func (l *loop) closeAll() {
 	_ = l.listen(false)
 	l.inboxMu.Lock()
 	for _, a := range l.inbox {
+		l.s.loopConns.Add(-1)
 		unix.Close(a.fd)
 	}
 	l.inbox = nil

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -138,5 +139,95 @@ func TestMaxConnsCountsHandedOff(t *testing.T) {
 	case <-dials:
 	case <-time.After(10 * time.Second):
 		t.Fatal("the second connection never got the freed slot")
+	}
+}
+
+// blockingRouter routes testName to backend; the first route of blockName
+// blocks its event loop until release is closed (entered is closed when it
+// starts), then goes to backend too.
+type blockingRouter struct {
+	backend          string
+	entered, release chan struct{}
+}
+
+const blockName = "block.ela.test"
+
+func (r blockingRouter) Route(_ context.Context, name string) (sniproxy.Target, error) {
+	switch name {
+	case blockName:
+		close(r.entered)
+		<-r.release
+	case testName:
+	default:
+		return sniproxy.Target{}, sniproxy.ErrUnknownName
+	}
+	return sniproxy.Target{Addr: r.backend}, nil
+}
+
+// TestMaxConnsWhileALoopLags: a loop that accepts a connection and gives it
+// to a less busy loop must count it at once. Otherwise, while that loop is
+// slow to take its inbox (here: stuck in a Route call), the accepting loop
+// goes on admitting up to MaxConns by itself, and the given connections
+// come on top.
+func TestMaxConnsWhileALoopLags(t *testing.T) {
+	const maxConns = 10
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(2)) // two loops
+	backend := listen(t)
+	backends := rawBackend(backend)
+	r := blockingRouter{backend: backend.Addr().String(), entered: make(chan struct{}), release: make(chan struct{})}
+	e := startProxy(t, sniproxy.Config{MaxConns: maxConns, MaxPendingPerIP: 100, Router: r}, false)
+	released := false
+	defer func() {
+		if !released {
+			close(r.release)
+		}
+	}()
+
+	dialHello := func(name string) net.Conn {
+		t.Helper()
+		c, err := net.DialTimeout("tcp", e.proxyAddr, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		if _, err := c.Write(hellotest.ChromeLike(name)); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	dialHello(blockName)
+	select {
+	case <-r.entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the blocking route was never called")
+	}
+	for range 2 * maxConns {
+		dialHello(testName)
+	}
+	n := 0
+	for n < maxConns-1 {
+		select {
+		case b := <-backends:
+			defer b.Close()
+			n++
+		case <-time.After(300 * time.Millisecond): // the other loop has given up some: its accepts stop short
+			goto release
+		}
+	}
+release:
+	close(r.release)
+	released = true
+	for {
+		select {
+		case b := <-backends:
+			defer b.Close()
+			n++
+			continue
+		case <-time.After(300 * time.Millisecond): // an absence can only be bounded
+		}
+		break
+	}
+	if n != maxConns {
+		t.Fatalf("%d connections relayed at once, want MaxConns (%d)", n, maxConns)
 	}
 }
