@@ -891,10 +891,12 @@ func (l *loop) dialProgress(c *lconn, ev uint32) {
 	c.state = stRelay
 	c.t = l.now
 	l.relay.push(c)
-	// The backend has had nothing to send before the hello; anything it
-	// sends now raises an edge. The client may have sent more after its
-	// hello (c.cin from readHello says whether that read emptied it).
-	c.bin, c.cout = false, true
+	// The client's socket has not been written to yet. c.bin is kept: the
+	// event that reported the connect may also have reported bytes or a
+	// FIN the backend sent at once, and no new edge would come for them.
+	// The client may have sent more after its hello (c.cin from readHello
+	// says whether that read emptied it).
+	c.cout = true
 	l.pump(c)
 }
 

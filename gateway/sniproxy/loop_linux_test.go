@@ -4,9 +4,12 @@ package sniproxy_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net"
+	"net/netip"
 	"os"
 	"runtime"
 	"strconv"
@@ -142,26 +145,45 @@ func TestMaxConnsCountsHandedOff(t *testing.T) {
 	}
 }
 
-// blockingRouter routes testName to backend; the first route of blockName
-// blocks its event loop until release is closed (entered is closed when it
-// starts), then goes to backend too.
+// blockingRouter routes testName to backend. A route of blockName blocks
+// its event loop: it reports itself on entered and waits for a value on
+// release (or its close), then goes to backend too, or fails with err
+// when set.
 type blockingRouter struct {
-	backend          string
-	entered, release chan struct{}
+	backend string
+	err     error
+	entered chan string
+	release chan struct{}
 }
 
 const blockName = "block.ela.test"
 
+func newBlockingRouter(backend string, err error) blockingRouter {
+	return blockingRouter{backend: backend, err: err, entered: make(chan string, 16), release: make(chan struct{})}
+}
+
 func (r blockingRouter) Route(_ context.Context, name string) (sniproxy.Target, error) {
 	switch name {
 	case blockName:
-		close(r.entered)
+		r.entered <- name
 		<-r.release
+		if r.err != nil {
+			return sniproxy.Target{}, r.err
+		}
 	case testName:
 	default:
 		return sniproxy.Target{}, sniproxy.ErrUnknownName
 	}
 	return sniproxy.Target{Addr: r.backend}, nil
+}
+
+func (r blockingRouter) waitEntered(t testing.TB) {
+	t.Helper()
+	select {
+	case <-r.entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the blocking route was never called")
+	}
 }
 
 // TestMaxConnsWhileALoopLags: a loop that accepts a connection and gives it
@@ -174,7 +196,7 @@ func TestMaxConnsWhileALoopLags(t *testing.T) {
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(2)) // two loops
 	backend := listen(t)
 	backends := rawBackend(backend)
-	r := blockingRouter{backend: backend.Addr().String(), entered: make(chan struct{}), release: make(chan struct{})}
+	r := newBlockingRouter(backend.Addr().String(), nil)
 	e := startProxy(t, sniproxy.Config{MaxConns: maxConns, MaxPendingPerIP: 100, Router: r}, false)
 	released := false
 	defer func() {
@@ -196,11 +218,7 @@ func TestMaxConnsWhileALoopLags(t *testing.T) {
 		return c
 	}
 	dialHello(blockName)
-	select {
-	case <-r.entered:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the blocking route was never called")
-	}
+	r.waitEntered(t)
 	for range 2 * maxConns {
 		dialHello(testName)
 	}
@@ -229,5 +247,102 @@ release:
 	}
 	if n != maxConns {
 		t.Fatalf("%d connections relayed at once, want MaxConns (%d)", n, maxConns)
+	}
+}
+
+// tcpState reads this host's /proc/net/tcp entry for the IPv4 connection
+// from local to remote: its state (hex, "08" is CLOSE_WAIT: the peer's FIN
+// has arrived) and receive queue length.
+func tcpState(t testing.TB, local, remote netip.AddrPort) (state string, rxQueue uint64, ok bool) {
+	t.Helper()
+	data, err := os.ReadFile("/proc/net/tcp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hexAddr := func(ap netip.AddrPort) string {
+		a := ap.Addr().Unmap().As4()
+		return fmt.Sprintf("%02X%02X%02X%02X:%04X", a[3], a[2], a[1], a[0], ap.Port())
+	}
+	l, r := hexAddr(local), hexAddr(remote)
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 5 || f[1] != l || f[2] != r {
+			continue
+		}
+		_, rx, _ := strings.Cut(f[4], ":")
+		n, _ := strconv.ParseUint(rx, 16, 64)
+		return f[3], n, true
+	}
+	return "", 0, false
+}
+
+// TestBackendBytesBeforeRelay: what the backend sends (and its FIN) before
+// the loop has finished writing the hello to it must reach the client. The
+// loop learns of those bytes from the same edge-triggered event that tells
+// it the connect has completed; dropping that readiness left them unread
+// and the client waiting for the idle timeout.
+func TestBackendBytesBeforeRelay(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1)) // one loop, so one blocked Route holds it
+	backend := listen(t)
+	backends := rawBackend(backend)
+	r := newBlockingRouter(backend.Addr().String(), sniproxy.ErrUnknownName)
+	defer close(r.release)
+	e := startProxy(t, sniproxy.Config{Router: r}, false)
+	dialHello := func(name string) net.Conn {
+		t.Helper()
+		c, err := net.DialTimeout("tcp", e.proxyAddr, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		if _, err := c.Write(hellotest.ChromeLike(name)); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	// Hold the loop so that the next two connections wait in the backlog
+	// and are accepted in one go: the first is routed and its backend
+	// connect starts, then the second's Route holds the loop again.
+	dialHello(blockName)
+	r.waitEntered(t)
+	a := dialHello(testName)
+	dialHello(blockName)
+	r.release <- struct{}{}
+	r.waitEntered(t)
+
+	// The loop is held before it has seen the connect complete. The
+	// backend speaks first and half-closes.
+	var b net.Conn
+	select {
+	case b = <-backends:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no backend connection")
+	}
+	defer b.Close()
+	banner := []byte("backend speaks first")
+	if _, err := b.Write(banner); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.(*net.TCPConn).CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	proxySide := netip.MustParseAddrPort(b.RemoteAddr().String())
+	backendAddr := netip.MustParseAddrPort(b.LocalAddr().String())
+	waitFor(t, "the banner and FIN queued at the proxy", func() bool {
+		st, rx, ok := tcpState(t, proxySide, backendAddr)
+		return ok && st == "08" && rx >= uint64(len(banner)) // the FIN counts one
+	})
+	r.release <- struct{}{}
+
+	_ = a.SetReadDeadline(time.Now().Add(5 * time.Second))
+	got, err := io.ReadAll(a)
+	if err != nil || !bytes.Equal(got, banner) {
+		t.Fatalf("client got %q, %v; want %q and the backend's half-close", got, err, banner)
+	}
+	// The hello went the other way.
+	_ = b.SetReadDeadline(time.Now().Add(5 * time.Second))
+	hello := hellotest.ChromeLike(testName)
+	if _, err := io.ReadFull(b, make([]byte, len(hello))); err != nil {
+		t.Fatalf("backend: hello: %v", err)
 	}
 }
