@@ -346,3 +346,44 @@ func TestBackendBytesBeforeRelay(t *testing.T) {
 		t.Fatalf("backend: hello: %v", err)
 	}
 }
+
+// unresponsiveBackend is a listening socket whose accept queue (backlog
+// 0: room for one) is already full, so the kernel drops further SYNs and
+// a connect to it neither succeeds nor fails until the client gives up.
+func unresponsiveBackend(t testing.TB) string {
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", sa.(*syscall.SockaddrInet4).Port)
+	filler, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { filler.Close() })
+	return addr
+}
+
+// TestBackendDialTimeoutAlert: a backend that never answers the connect
+// gets the client an internal_error alert after DialTimeout, not a hang.
+func TestBackendDialTimeoutAlert(t *testing.T) {
+	addr := unresponsiveBackend(t)
+	e := startProxy(t, sniproxy.Config{DialTimeout: 300 * time.Millisecond, Router: staticRouter{names: map[string]sniproxy.Target{testName: {Addr: addr}}}}, false)
+	wantInternalErrorAlert(t, e, 5*time.Second)
+}
+
+func init() {
+	behaviourTests["BackendDialTimeout"] = TestBackendDialTimeoutAlert
+}
