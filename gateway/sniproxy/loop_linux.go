@@ -205,7 +205,14 @@ func (s *Server) serveLoops(ctx context.Context, ln *net.TCPListener) error {
 			l.wake()
 		}
 	}
-	stop := context.AfterFunc(ctx, stopAll)
+	// stopAll writes to the loops' wake descriptors, which the deferred
+	// cleanup closes: when the context fired, wait for it to be done, or
+	// its last writes could land on a descriptor number reused meanwhile.
+	stopped := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		defer close(stopped)
+		stopAll()
+	})
 	var first error
 	for range loops {
 		if err := <-errc; err != nil && first == nil {
@@ -213,7 +220,9 @@ func (s *Server) serveLoops(ctx context.Context, ln *net.TCPListener) error {
 			stopAll()
 		}
 	}
-	stop()
+	if !stop() {
+		<-stopped
+	}
 	ln.Close()
 	s.closeAll() // connections handed to goroutines
 	s.wg.Wait()
