@@ -367,3 +367,132 @@ func TestStormAccounting(t *testing.T) {
 func isReset(err error) bool {
 	return err != nil && strings.Contains(err.Error(), "connection reset")
 }
+
+func init() {
+	behaviourTests["ShutdownEveryState"] = TestServeShutdownEveryState
+}
+
+// TestServeShutdownEveryState cancels Serve while it holds connections in
+// every state (sending the hello, connecting to a backend that does not
+// answer, handed off and connecting, relaying with bytes queued towards a
+// client that does not read, handed off and relaying, draining after an
+// alert): Serve must return, every client must see its connection end,
+// and the gauges, descriptors and epoll sets must come back to where they
+// were.
+func TestServeShutdownEveryState(t *testing.T) {
+	backend := listen(t)
+	backends := rawBackend(backend)
+	stuck := unresponsiveBackend(t)
+	const (
+		stuckName      = "stuck.ela.test"
+		stuckTunnel    = "stucktunnel.ela.test"
+		relayedTunnel  = tunnelName
+		unknownPending = "nobody.ela.test"
+	)
+	tunnelDials := make(chan struct{}, 4)
+	router := staticRouter{names: map[string]sniproxy.Target{
+		testName:  {Addr: backend.Addr().String()},
+		stuckName: {Addr: stuck},
+		stuckTunnel: {Dial: func(ctx context.Context, _ net.Addr) (net.Conn, error) {
+			tunnelDials <- struct{}{}
+			<-ctx.Done()
+			return nil, ctx.Err()
+		}},
+		relayedTunnel: {Dial: func(ctx context.Context, _ net.Addr) (net.Conn, error) {
+			c, err := (&net.Dialer{}).DialContext(ctx, "tcp", backend.Addr().String())
+			if err != nil {
+				return nil, err
+			}
+			return nonTCPConn{c}, nil
+		}},
+	}}
+	e := startProxy(t, sniproxy.Config{Router: router, DialTimeout: time.Minute, HelloTimeout: time.Minute}, false)
+	warm, err := net.DialTimeout("tcp", e.proxyAddr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = warm.SetDeadline(time.Now().Add(10 * time.Second))
+	_, _ = warm.Write(hellotest.ChromeLike(unknownPending))
+	_, _ = io.ReadAll(warm)
+	warm.Close()
+	waitFor(t, "the first connection released", func() bool { return metrics.Value(e.m.Active) == 0 })
+	before := fdKinds(t)
+
+	var clients []net.Conn
+	dial := func(first []byte) net.Conn {
+		t.Helper()
+		c, err := net.DialTimeout("tcp", e.proxyAddr, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		clients = append(clients, c)
+		if _, err := c.Write(first); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	dial(hellotest.ChromeLike(testName)[:40]) // pending
+	dial(hellotest.ChromeLike(stuckName))     // connecting
+	dial(hellotest.ChromeLike(stuckTunnel))   // handed off, connecting
+	<-tunnelDials
+	drain := dial(hellotest.ChromeLike(unknownPending)) // alert sent, draining
+	_ = drain.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if n, err := drain.Read(make([]byte, 7)); n != 7 || err != nil {
+		t.Fatalf("alert: %d, %v", n, err)
+	}
+	var backendSides []net.Conn
+	for _, name := range []string{testName, relayedTunnel} { // relaying towards a client that does not read
+		dial(hellotest.ChromeLike(name))
+		var b net.Conn
+		select {
+		case b = <-backends:
+		case <-time.After(10 * time.Second):
+			t.Fatal("no backend connection")
+		}
+		backendSides = append(backendSides, b)
+		go func() {
+			chunk := make([]byte, 64<<10)
+			_ = b.SetWriteDeadline(time.Now().Add(20 * time.Second))
+			for {
+				if _, err := b.Write(chunk); err != nil {
+					return
+				}
+			}
+		}()
+	}
+	waitFor(t, "every connection in place", func() bool {
+		return metrics.Value(e.m.Active) == float64(len(clients)) && metrics.Value(e.m.Pending) == 1
+	})
+
+	e.stop() // fails the test if Serve does not return, or returns an error
+	if got := metrics.Value(e.m.Active); got != 0 {
+		t.Errorf("Active = %v after Serve returned", got)
+	}
+	if got := metrics.Value(e.m.Pending); got != 0 {
+		t.Errorf("Pending = %v after Serve returned", got)
+	}
+	for i, c := range clients {
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, err := io.Copy(io.Discard, c)
+		if err != nil && !isReset(err) {
+			t.Errorf("client %d: %v; want its connection ended", i, err)
+		}
+		c.Close()
+	}
+	for _, b := range backendSides {
+		_ = b.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.Copy(io.Discard, b); err != nil && !isReset(err) {
+			t.Errorf("backend side: %v; want its connection ended", err)
+		}
+		b.Close()
+	}
+	waitFor(t, "descriptors back to where they were", func() bool {
+		now := fdKinds(t)
+		// Serve closed its listener, and its loops: their epoll and wake
+		// descriptors go too.
+		return now["socket"] == before["socket"]-1 && now["anon_inode:[eventpoll]"] <= before["anon_inode:[eventpoll]"]
+	})
+	if stale := staleEpollEntries(t); len(stale) > 0 {
+		t.Fatalf("stale epoll entries after Serve returned:\n%s", strings.Join(stale, "\n"))
+	}
+}
