@@ -235,6 +235,17 @@ func TestMaxConnsWhileALoopLags(t *testing.T) {
 release:
 	close(r.release)
 	released = true
+	// MaxConns connections get through (the blocked one among them);
+	// then no more may, however long the backlog.
+	for deadline := time.After(10 * time.Second); n < maxConns; {
+		select {
+		case b := <-backends:
+			defer b.Close()
+			n++
+		case <-deadline:
+			t.Fatalf("only %d connections relayed, want MaxConns (%d)", n, maxConns)
+		}
+	}
 	for {
 		select {
 		case b := <-backends:
