@@ -398,3 +398,47 @@ func TestBackendDialTimeoutAlert(t *testing.T) {
 func init() {
 	behaviourTests["BackendDialTimeout"] = TestBackendDialTimeoutAlert
 }
+
+// TestServeReturnsWhenListenerClosedUnderTraffic: a listener closed under
+// Serve leaves the epoll sets without an event; the loops must notice it
+// even while a busy connection keeps them from ever waiting idle.
+func TestServeReturnsWhenListenerClosedUnderTraffic(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1)) // one loop, kept busy
+	backend := listen(t)
+	backends := rawBackend(backend)
+	srv, err := sniproxy.New(sniproxy.Config{Router: staticRouter{names: map[string]sniproxy.Target{testName: {Addr: backend.Addr().String()}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := listen(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, ln) }()
+	c, b := relayedPair(t, &env{proxyAddr: ln.Addr().String()}, backends)
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() { // bytes flow without a pause until the end of the test
+		chunk := make([]byte, 16<<10)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, err := b.Write(chunk); err != nil {
+				return
+			}
+		}
+	}()
+	go func() { _, _ = io.Copy(io.Discard, c) }()
+	ln.Close()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("Serve returned nil after its listener was closed")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Serve did not notice its listener closed while a connection was busy")
+	}
+}
