@@ -13,9 +13,10 @@ type conn struct {
 	c     net.Conn
 	ip    netip.Addr
 	since time.Time // accepted
-	// loopSlot: handed over by an event loop; it holds one of the loops'
-	// slots (Server.loopConns) until release.
-	loopSlot bool
+	// handedOff is set for a connection an event loop handed over: it
+	// holds one of the loops' slots (Server.loopConns) and counts in its
+	// Serve's group until release.
+	handedOff *sync.WaitGroup
 
 	// Guarded by Server.mu.
 	prev, next *conn

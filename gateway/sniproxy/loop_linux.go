@@ -144,11 +144,12 @@ type loop struct {
 	scratch                   []byte
 	stop                      atomic.Bool
 
-	peers    []*loop      // all loops of this Serve, for balance and evictions
-	pendingN atomic.Int32 // published l.hello.n
-	evictReq atomic.Int32 // evictions asked by other loops
-	askedAt  int64        // when this loop last asked another to evict
-	count    atomic.Int32 // connections owned
+	peers     []*loop         // all loops of this Serve, for balance and evictions
+	handedOff *sync.WaitGroup // connections this Serve's loops handed to goroutines
+	pendingN  atomic.Int32    // published l.hello.n
+	evictReq  atomic.Int32    // evictions asked by other loops
+	askedAt   int64           // when this loop last asked another to evict
+	count     atomic.Int32    // connections owned
 
 	inboxMu sync.Mutex
 	inbox   []accepted // connections accepted by another loop for this one
@@ -192,8 +193,10 @@ func (s *Server) serveLoops(ctx context.Context, ln *net.TCPListener) error {
 		}
 		loops = append(loops, l)
 	}
+	var handedOff sync.WaitGroup
 	for _, l := range loops {
 		l.peers = loops
+		l.handedOff = &handedOff
 	}
 	errc := make(chan error, n)
 	for _, l := range loops {
@@ -224,11 +227,16 @@ func (s *Server) serveLoops(ctx context.Context, ln *net.TCPListener) error {
 		<-stopped
 	}
 	ln.Close()
-	s.closeAll() // connections handed to goroutines
-	s.wg.Wait()
 	if ctx.Err() != nil {
+		s.closeAll() // connections handed to goroutines, of every Serve
+		s.wg.Wait()
 		return nil
 	}
+	// The listener failed. The Server may be serving other listeners:
+	// end only what this Serve's loops handed over, and leave the Server
+	// open.
+	s.closeHandedOff(&handedOff)
+	handedOff.Wait()
 	return first
 }
 
@@ -1180,7 +1188,7 @@ func (l *loop) handoff(c *lconn, h *clienthello.Hello, target Target, name strin
 		s.log.Warn("sniproxy: handoff", "err", err)
 		return
 	}
-	cs := &conn{c: nc, ip: c.ip, since: time.Now(), loopSlot: true}
+	cs := &conn{c: nc, ip: c.ip, since: time.Now(), handedOff: l.handedOff}
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
@@ -1193,6 +1201,7 @@ func (l *loop) handoff(c *lconn, h *clienthello.Hello, target Target, name strin
 	s.active.push(cs)
 	cs.where = inActive
 	s.wg.Add(1)
+	l.handedOff.Add(1)
 	s.mu.Unlock()
 	s.m.Active.Inc()
 	go s.dialAndRelay(l.ctx, cs, nc, h, target, name)

@@ -442,3 +442,71 @@ func TestServeReturnsWhenListenerClosedUnderTraffic(t *testing.T) {
 		t.Fatal("Serve did not notice its listener closed while a connection was busy")
 	}
 }
+
+// TestListenerFailureLeavesOtherServes: a Server may Serve several
+// listeners at once (see Listen). When one of them fails, its Serve
+// returns, but the others must go on serving every kind of target,
+// including those handed to the goroutine path.
+func TestListenerFailureLeavesOtherServes(t *testing.T) {
+	backend := listen(t)
+	backends := rawBackend(backend)
+	dials := make(chan struct{}, 4)
+	srv, err := sniproxy.New(sniproxy.Config{Router: tunnelTarget(backend, dials)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ln1, ln2 := listen(t), listen(t)
+	done1, done2 := make(chan error, 1), make(chan error, 1)
+	go func() { done1 <- srv.Serve(ctx, ln1) }()
+	go func() { done2 <- srv.Serve(ctx, ln2) }()
+	defer func() {
+		cancel()
+		select {
+		case <-done2:
+		case <-time.After(10 * time.Second):
+			t.Error("the second Serve did not return after cancel")
+		}
+	}()
+
+	// A connection answered on each listener proves both Serves run.
+	for _, ln := range []net.Listener{ln1, ln2} {
+		c, err := net.DialTimeout("tcp", ln.Addr().String(), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := c.Write(hellotest.ChromeLike("nobody.ela.test")); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := io.ReadAll(c); len(got) == 0 {
+			t.Fatal("no alert for an unknown name")
+		}
+		c.Close()
+	}
+	// Handed-off connections on each listener, relaying.
+	c1, b1 := relayedPair(t, &env{proxyAddr: ln1.Addr().String()}, backends)
+	c2, b2 := relayedPair(t, &env{proxyAddr: ln2.Addr().String()}, backends)
+
+	ln1.Close()
+	select {
+	case err := <-done1:
+		if err == nil {
+			t.Fatal("Serve returned nil after its listener was closed")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Serve did not return after its listener was closed")
+	}
+	// The failed Serve ended what it served...
+	for _, x := range []net.Conn{c1, b1} {
+		if _, err := io.Copy(io.Discard, x); err != nil && !isReset(err) {
+			t.Fatalf("a connection of the failed Serve: %v; want it ended", err)
+		}
+	}
+	// ...and only that: the other Serve's connection goes on, and it
+	// still hands new ones over.
+	exchange(t, c2, b2, 100)
+	c, b := relayedPair(t, &env{proxyAddr: ln2.Addr().String()}, backends)
+	exchange(t, c, b, 100)
+}

@@ -334,8 +334,9 @@ func (s *Server) release(cs *conn) {
 		s.total--
 	}
 	s.mu.Unlock()
-	if cs.loopSlot {
+	if cs.handedOff != nil {
 		s.loopConns.Add(-1)
+		cs.handedOff.Done()
 	}
 	select {
 	case s.slotFree <- struct{}{}:
@@ -356,6 +357,22 @@ func (s *Server) closeAll() {
 	}
 	for cs := s.active.head; cs != nil; cs = cs.next {
 		all = append(all, cs)
+	}
+	s.mu.Unlock()
+	for _, cs := range all {
+		cs.kill()
+	}
+}
+
+// closeHandedOff shuts down the connections that the event loops of one
+// Serve handed over (group), leaving the Server open for other Serves.
+func (s *Server) closeHandedOff(group *sync.WaitGroup) {
+	s.mu.Lock()
+	var all []*conn
+	for cs := s.active.head; cs != nil; cs = cs.next {
+		if cs.handedOff == group {
+			all = append(all, cs)
+		}
 	}
 	s.mu.Unlock()
 	for _, cs := range all {
