@@ -50,6 +50,7 @@ func wantInternalErrorAlert(t *testing.T, e *env, limit time.Duration) {
 	if want := []byte{0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 80}; !bytes.Equal(got, want) {
 		t.Fatalf("got % x, want internal_error alert % x", got, want)
 	}
+	c.Close() // ends the proxy's drain at once
 	waitFor(t, "dial error counted and the connection released", func() bool {
 		return metrics.Value(e.m.DialErrors) == 1 && metrics.Value(e.m.Active) == 0 && metrics.Value(e.m.Pending) == 0
 	})
