@@ -616,7 +616,7 @@ func (l *loop) admit(fd int, peer netip.AddrPort, reserved bool) {
 	s := l.s
 	m := s.m
 	m.Accepted.Inc()
-	ip := peer.Addr()
+	ip := sourceOf(peer.Addr())
 	s.mu.Lock()
 	if s.perIP[ip] >= s.cfg.MaxPendingPerIP {
 		s.mu.Unlock()

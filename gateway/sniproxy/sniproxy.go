@@ -73,7 +73,7 @@ type Config struct {
 	// connections that never finish their hello cannot lock others out.
 	// The event loops split it evenly between them.
 	MaxPending      int // MaxConns
-	MaxPendingPerIP int // 32 connections per source IP still sending their hello
+	MaxPendingPerIP int // 32 connections per source still sending their hello (an IPv4 address, an IPv6 /64)
 
 	// Dial opens the backend connection. nil: the event loops connect
 	// themselves (Linux; host-name targets go through a net.Dialer),
