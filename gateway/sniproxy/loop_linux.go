@@ -802,8 +802,11 @@ func (l *loop) routeHello(c *lconn, h *clienthello.Hello) {
 		return
 	}
 	ap, perr := netip.ParseAddrPort(target.Addr)
-	if perr != nil {
-		l.handoff(c, h, target, name) // a host name: resolve and dial on a goroutine
+	if perr != nil || ap.Addr().Zone() != "" {
+		// A host name: resolve and dial on a goroutine. So too an
+		// address with a zone (a link-local backend): its interface
+		// index is looked up, not known from memory.
+		l.handoff(c, h, target, name)
 		return
 	}
 	c.hello = h

@@ -5,6 +5,7 @@ package sniproxy_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -23,9 +24,16 @@ const sourceChildEnv = "SNIPROXY_SOURCE_CHILD"
 // must count per /64. It runs in a network namespace of its own (the test
 // binary re-runs itself under unshare) with addresses from two /64s on lo.
 func TestPendingPerIPv6Prefix(t *testing.T) {
+	inOwnNetns(t, "TestPendingPerIPv6Prefix", pendingPerPrefix)
+}
+
+// inOwnNetns runs child, on both data paths, in a process of its own (the
+// test binary again, as test name) inside a new network namespace, which
+// ends with it.
+func inOwnNetns(t *testing.T, name string, child func(t *testing.T)) {
 	if mode := os.Getenv(sourceChildEnv); mode != "" {
 		goroutineMode = mode == "goroutines"
-		pendingPerPrefix(t)
+		child(t)
 		return
 	}
 	if os.Geteuid() != 0 {
@@ -37,30 +45,35 @@ func TestPendingPerIPv6Prefix(t *testing.T) {
 	}
 	for _, mode := range []string{"loops", "goroutines"} {
 		t.Run(mode, func(t *testing.T) {
-			cmd := exec.Command(unshare, "--net", os.Args[0], "-test.run=^TestPendingPerIPv6Prefix$", "-test.count=1", "-test.v")
+			cmd := exec.Command(unshare, "--net", os.Args[0], "-test.run=^"+name+"$", "-test.count=1", "-test.v")
 			cmd.Env = append(os.Environ(), sourceChildEnv+"="+mode)
 			out, err := cmd.CombinedOutput()
-			if err != nil || !strings.Contains(string(out), "--- PASS: TestPendingPerIPv6Prefix") {
+			if err != nil || !strings.Contains(string(out), "--- PASS: "+name) {
 				t.Fatalf("child in its own network namespace: %v\n%s", err, out)
 			}
 		})
 	}
 }
 
-// pendingPerPrefix runs inside the new network namespace.
-func pendingPerPrefix(t *testing.T) {
-	for _, args := range [][]string{
-		{"link", "set", "lo", "up"},
-		{"-6", "addr", "add", "fd00::1/64", "dev", "lo", "nodad"},
-		{"-6", "addr", "add", "fd00::a/128", "dev", "lo", "nodad"},
-		{"-6", "addr", "add", "fd00::b/128", "dev", "lo", "nodad"},
-		{"-6", "addr", "add", "fd00::c/128", "dev", "lo", "nodad"},
-		{"-6", "addr", "add", "fd00:0:0:1::a/64", "dev", "lo", "nodad"},
-	} {
+func ipCommands(t *testing.T, cmds ...[]string) {
+	t.Helper()
+	for _, args := range cmds {
 		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
 			t.Fatalf("ip %v: %v\n%s", args, err, out)
 		}
 	}
+}
+
+// pendingPerPrefix runs inside the new network namespace.
+func pendingPerPrefix(t *testing.T) {
+	ipCommands(t,
+		[]string{"link", "set", "lo", "up"},
+		[]string{"-6", "addr", "add", "fd00::1/64", "dev", "lo", "nodad"},
+		[]string{"-6", "addr", "add", "fd00::a/128", "dev", "lo", "nodad"},
+		[]string{"-6", "addr", "add", "fd00::b/128", "dev", "lo", "nodad"},
+		[]string{"-6", "addr", "add", "fd00::c/128", "dev", "lo", "nodad"},
+		[]string{"-6", "addr", "add", "fd00:0:0:1::a/64", "dev", "lo", "nodad"},
+	)
 	backend, err := net.Listen("tcp", "[fd00::1]:0")
 	if err != nil {
 		t.Fatal(err)
@@ -118,4 +131,27 @@ func pendingPerPrefix(t *testing.T) {
 	// ...while another /64 has a budget of its own.
 	from("fd00:0:0:1::a")
 	waitFor(t, "a pending hello from another /64", func() bool { return metrics.Value(m.Pending) == 3 })
+}
+
+// TestLinkLocalTarget: a backend on an IPv6 link-local address needs the
+// zone of its target address (the interface); connecting without it fails.
+func TestLinkLocalTarget(t *testing.T) {
+	inOwnNetns(t, "TestLinkLocalTarget", linkLocalTarget)
+}
+
+func linkLocalTarget(t *testing.T) {
+	ipCommands(t,
+		[]string{"link", "set", "lo", "up"},
+		[]string{"-6", "addr", "add", "fe80::1/64", "dev", "lo", "nodad"},
+	)
+	backendLn, err := net.Listen("tcp", "[fe80::1%lo]:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer backendLn.Close()
+	backends := rawBackend(backendLn)
+	target := fmt.Sprintf("[fe80::1%%lo]:%d", backendLn.Addr().(*net.TCPAddr).Port)
+	e := startProxy(t, sniproxy.Config{Router: staticRouter{names: map[string]sniproxy.Target{testName: {Addr: target}}}}, false)
+	c, b := relayedPair(t, e, backends)
+	exchange(t, c, b, 10)
 }
