@@ -51,9 +51,10 @@
 // 64 KiB.
 //
 // Router.Route is called on the loop, so it must answer from memory; a
-// Target whose address is a host name, or that has its own Dial (a stream
-// on a node's tunnel), is handed to the goroutine path, which resolves and
-// dials it.
+// Target whose address is a host name or has a zone (link-local), or that
+// has its own Dial (a stream on a node's tunnel), is handed to the
+// goroutine path, which resolves and dials it. Handed-off connections keep
+// their slot of MaxConns.
 //
 // # The goroutine path
 //
