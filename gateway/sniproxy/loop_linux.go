@@ -118,18 +118,19 @@ func (l *llist) remove(c *lconn) {
 }
 
 type loop struct {
-	s      *Server
-	ctx    context.Context
-	epfd   int
-	epf    *os.File        // epfd, registered with Go's netpoller
-	eprc   syscall.RawConn // waits on epfd through the netpoller
-	wakefd int
-	ln     syscall.RawConn
-	lnOn   bool  // the listener is in the epoll set
-	lnErr  error // the listener was closed from outside
-	retry  int64
-	base   time.Time
-	now    int64
+	s       *Server
+	ctx     context.Context
+	epfd    int
+	epf     *os.File        // epfd, registered with Go's netpoller
+	eprc    syscall.RawConn // waits on epfd through the netpoller
+	wakefd  int
+	ln      syscall.RawConn
+	lnOn    bool  // the listener is in the epoll set
+	lnErr   error // the listener was closed from outside
+	lnCheck int64 // when to look whether it was
+	retry   int64
+	base    time.Time
+	now     int64
 
 	events []unix.EpollEvent
 	slots  []*lconn
@@ -351,8 +352,13 @@ func (l *loop) run() error {
 		}
 		l.runReady()
 		l.expire()
-		if n == 0 && l.ln.Control(func(uintptr) {}) != nil && !l.stop.Load() {
-			return fmt.Errorf("sniproxy: accept: %w", net.ErrClosed)
+		// A listener closed from outside leaves the epoll sets without an
+		// event: look once a second, busy or not.
+		if l.now >= l.lnCheck {
+			l.lnCheck = l.now + int64(time.Second)
+			if l.ln.Control(func(uintptr) {}) != nil && !l.stop.Load() {
+				return fmt.Errorf("sniproxy: accept: %w", net.ErrClosed)
+			}
 		}
 		l.pendingN.Store(int32(l.hello.n))
 	}
