@@ -151,6 +151,20 @@ func linkLocalTarget(t *testing.T) {
 	defer backendLn.Close()
 	backends := rawBackend(backendLn)
 	target := fmt.Sprintf("[fe80::1%%lo]:%d", backendLn.Addr().(*net.TCPAddr).Port)
+	// Right after the namespace is set up, the first SYNs to the new
+	// link-local address are sometimes lost: wait until it answers.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", target, 200*time.Millisecond)
+		if err == nil {
+			c.Close()
+			<-backends
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the backend's link-local address never answered: %v", err)
+		}
+	}
 	e := startProxy(t, sniproxy.Config{Router: staticRouter{names: map[string]sniproxy.Target{testName: {Addr: target}}}}, false)
 	c, b := relayedPair(t, e, backends)
 	exchange(t, c, b, 10)
