@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/elacity/pc2/core/metrics"
 	"github.com/elacity/pc2/gateway/clienthello/hellotest"
 	"github.com/elacity/pc2/gateway/sniproxy"
 )
@@ -510,4 +511,50 @@ func TestListenerFailureLeavesOtherServes(t *testing.T) {
 	exchange(t, c2, b2, 100)
 	c, b := relayedPair(t, &env{proxyAddr: ln2.Addr().String()}, backends)
 	exchange(t, c, b, 100)
+}
+
+// TestHostNameTargetHandedOff: a target given by host name is handed to
+// the goroutine path, which resolves and dials it and relays with splice,
+// parking quiet directions: bytes, parking and half-closes all work on a
+// connection that began on a loop.
+func TestHostNameTargetHandedOff(t *testing.T) {
+	backend := listen(t)
+	backends := rawBackend(backend)
+	port := backend.Addr().(*net.TCPAddr).Port
+	e := startProxy(t, sniproxy.Config{
+		ParkAfter: 20 * time.Millisecond,
+		Router:    staticRouter{names: map[string]sniproxy.Target{testName: {Addr: fmt.Sprintf("localhost:%d", port)}}},
+	}, false)
+	c, b := relayedPair(t, e, backends)
+	waitFor(t, "both directions parked", func() bool { return relayGoroutines() == 0 })
+	exchange(t, c, b, 64<<10)
+	if err := c.(*net.TCPConn).CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := b.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+		t.Fatalf("backend: read %d, %v; want the client's half-close", n, err)
+	}
+	exchange1 := []byte("after the client's half-close")
+	if _, err := b.Write(exchange1); err != nil {
+		t.Fatal(err)
+	}
+	b.Close()
+	got, err := io.ReadAll(c)
+	if err != nil || !bytes.Equal(got, exchange1) {
+		t.Fatalf("client got %q, %v", got, err)
+	}
+	waitFor(t, "the connection released", func() bool { return metrics.Value(e.m.Active) == 0 })
+}
+
+// relayGoroutines counts the goroutines running a relay direction of the
+// goroutine path.
+func relayGoroutines() int {
+	buf := make([]byte, 1<<20)
+	n := 0
+	for _, g := range strings.Split(string(buf[:runtime.Stack(buf, true)]), "\n\n") {
+		if strings.Contains(g, "sniproxy.(*half).") || strings.Contains(g, "sniproxy.copyHalf") {
+			n++
+		}
+	}
+	return n
 }
