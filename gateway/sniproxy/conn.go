@@ -13,6 +13,10 @@ type conn struct {
 	c     net.Conn
 	ip    netip.Addr
 	since time.Time // accepted
+	// handedOff is set for a connection an event loop handed over: it
+	// holds one of the loops' slots (Server.loopConns) and counts in its
+	// Serve's group until release.
+	handedOff *sync.WaitGroup
 
 	// Guarded by Server.mu.
 	prev, next *conn
@@ -35,9 +39,25 @@ type shutdowner interface{ shutdown() }
 
 func remoteIP(c net.Conn) netip.Addr {
 	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
-		return a.AddrPort().Addr().Unmap()
+		return sourceOf(a.AddrPort().Addr())
 	}
 	return netip.Addr{}
+}
+
+// sourceOf is the key that per-source bounds count a client address under:
+// the IPv4 address, or the /64 of an IPv6 one. An IPv6 client picks its
+// source address from at least a /64, so a bound per address would bound
+// nothing.
+func sourceOf(a netip.Addr) netip.Addr {
+	a = a.Unmap()
+	if !a.Is6() {
+		return a
+	}
+	p, err := a.WithZone("").Prefix(64)
+	if err != nil {
+		return a
+	}
+	return p.Addr()
 }
 
 func (s *Server) wasEvicted(cs *conn) bool {

@@ -51,9 +51,10 @@
 // 64 KiB.
 //
 // Router.Route is called on the loop, so it must answer from memory; a
-// Target whose address is a host name, or that has its own Dial (a stream
-// on a node's tunnel), is handed to the goroutine path, which resolves and
-// dials it.
+// Target whose address is a host name or has a zone (link-local), or that
+// has its own Dial (a stream on a node's tunnel), is handed to the
+// goroutine path, which resolves and dials it. Handed-off connections keep
+// their slot of MaxConns.
 //
 // # The goroutine path
 //
@@ -68,7 +69,8 @@
 //
 // A connection still sending its hello holds what it has sent (at most
 // clienthello.MaxSize) and is closed after Config.HelloTimeout. At most
-// Config.MaxPendingPerIP of them per source address; when Config.MaxConns
+// Config.MaxPendingPerIP of them per source (IPv4 address or IPv6 /64,
+// since an IPv6 client picks its address from a /64); when Config.MaxConns
 // or Config.MaxPending is reached, a new connection takes the place of the
 // oldest pending one if that has waited a fifth of the hello timeout, so
 // connections that never finish their hello cannot lock others out (10,000

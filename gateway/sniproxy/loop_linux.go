@@ -118,18 +118,19 @@ func (l *llist) remove(c *lconn) {
 }
 
 type loop struct {
-	s      *Server
-	ctx    context.Context
-	epfd   int
-	epf    *os.File        // epfd, registered with Go's netpoller
-	eprc   syscall.RawConn // waits on epfd through the netpoller
-	wakefd int
-	ln     syscall.RawConn
-	lnOn   bool  // the listener is in the epoll set
-	lnErr  error // the listener was closed from outside
-	retry  int64
-	base   time.Time
-	now    int64
+	s       *Server
+	ctx     context.Context
+	epfd    int
+	epf     *os.File        // epfd, registered with Go's netpoller
+	eprc    syscall.RawConn // waits on epfd through the netpoller
+	wakefd  int
+	ln      syscall.RawConn
+	lnOn    bool  // the listener is in the epoll set
+	lnErr   error // the listener was closed from outside
+	lnCheck int64 // when to look whether it was
+	retry   int64
+	base    time.Time
+	now     int64
 
 	events []unix.EpollEvent
 	slots  []*lconn
@@ -144,11 +145,12 @@ type loop struct {
 	scratch                   []byte
 	stop                      atomic.Bool
 
-	peers    []*loop      // all loops of this Serve, for balance and evictions
-	pendingN atomic.Int32 // published l.hello.n
-	evictReq atomic.Int32 // evictions asked by other loops
-	askedAt  int64        // when this loop last asked another to evict
-	count    atomic.Int32 // connections owned
+	peers     []*loop         // all loops of this Serve, for balance and evictions
+	handedOff *sync.WaitGroup // connections this Serve's loops handed to goroutines
+	pendingN  atomic.Int32    // published l.hello.n
+	evictReq  atomic.Int32    // evictions asked by other loops
+	askedAt   int64           // when this loop last asked another to evict
+	count     atomic.Int32    // connections owned
 
 	inboxMu sync.Mutex
 	inbox   []accepted // connections accepted by another loop for this one
@@ -177,6 +179,7 @@ func (s *Server) serveLoops(ctx context.Context, ln *net.TCPListener) error {
 	defer func() {
 		for _, l := range loops {
 			for _, a := range l.inbox { // given after the loop stopped
+				s.loopConns.Add(-1)
 				unix.Close(a.fd)
 			}
 			l.epf.Close()
@@ -191,8 +194,10 @@ func (s *Server) serveLoops(ctx context.Context, ln *net.TCPListener) error {
 		}
 		loops = append(loops, l)
 	}
+	var handedOff sync.WaitGroup
 	for _, l := range loops {
 		l.peers = loops
+		l.handedOff = &handedOff
 	}
 	errc := make(chan error, n)
 	for _, l := range loops {
@@ -204,7 +209,14 @@ func (s *Server) serveLoops(ctx context.Context, ln *net.TCPListener) error {
 			l.wake()
 		}
 	}
-	stop := context.AfterFunc(ctx, stopAll)
+	// stopAll writes to the loops' wake descriptors, which the deferred
+	// cleanup closes: when the context fired, wait for it to be done, or
+	// its last writes could land on a descriptor number reused meanwhile.
+	stopped := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		defer close(stopped)
+		stopAll()
+	})
 	var first error
 	for range loops {
 		if err := <-errc; err != nil && first == nil {
@@ -212,13 +224,20 @@ func (s *Server) serveLoops(ctx context.Context, ln *net.TCPListener) error {
 			stopAll()
 		}
 	}
-	stop()
+	if !stop() {
+		<-stopped
+	}
 	ln.Close()
-	s.closeAll() // connections handed to goroutines
-	s.wg.Wait()
 	if ctx.Err() != nil {
+		s.closeAll() // connections handed to goroutines, of every Serve
+		s.wg.Wait()
 		return nil
 	}
+	// The listener failed. The Server may be serving other listeners:
+	// end only what this Serve's loops handed over, and leave the Server
+	// open.
+	s.closeHandedOff(&handedOff)
+	handedOff.Wait()
 	return first
 }
 
@@ -333,8 +352,13 @@ func (l *loop) run() error {
 		}
 		l.runReady()
 		l.expire()
-		if n == 0 && l.ln.Control(func(uintptr) {}) != nil && !l.stop.Load() {
-			return fmt.Errorf("sniproxy: accept: %w", net.ErrClosed)
+		// A listener closed from outside leaves the epoll sets without an
+		// event: look once a second, busy or not.
+		if l.now >= l.lnCheck {
+			l.lnCheck = l.now + int64(time.Second)
+			if l.ln.Control(func(uintptr) {}) != nil && !l.stop.Load() {
+				return fmt.Errorf("sniproxy: accept: %w", net.ErrClosed)
+			}
 		}
 		l.pendingN.Store(int32(l.hello.n))
 	}
@@ -449,13 +473,22 @@ func (l *loop) room() bool {
 	if s.loopConns.Load() < int64(s.cfg.MaxConns) && l.hello.n < l.maxPending {
 		return true
 	}
-	h := l.hello.head
-	return h != nil && l.clock()-h.t >= int64(s.evictAge)
+	return l.evictable()
 }
 
 func (l *loop) accept() {
+	s := l.s
 	for range acceptMax {
-		if !l.room() {
+		// A free slot is taken (reserved) before the accept, so that loops
+		// accepting at once, and connections given to a loop that has not
+		// taken them from its inbox yet, cannot exceed MaxConns. Without
+		// one, the oldest pending hello of this loop may make way (admit
+		// evicts it).
+		reserved := l.reserve()
+		if !(reserved && l.hello.n < l.maxPending) && !l.evictable() {
+			if reserved {
+				s.loopConns.Add(-1)
+			}
 			// Full: stop listening until a slot frees (or shortly, for
 			// slots freed by other loops); the kernel queues meanwhile.
 			// A loop holding pending hellos is asked to evict its oldest.
@@ -469,9 +502,13 @@ func (l *loop) accept() {
 			peer netip.AddrPort
 			err  error
 		)
-		if cerr := l.ln.Control(func(lfd uintptr) {
+		cerr := l.ln.Control(func(lfd uintptr) {
 			fd, peer, err = rawAccept4(int(lfd))
-		}); cerr != nil {
+		})
+		if (cerr != nil || err != nil) && reserved {
+			s.loopConns.Add(-1)
+		}
+		if cerr != nil {
 			l.lnErr = cerr // closed under Serve: it returns the error
 			return
 		}
@@ -482,17 +519,42 @@ func (l *loop) accept() {
 		case unix.EINTR, unix.ECONNABORTED:
 			continue
 		default: // EMFILE, ENFILE, ENOBUFS: retry a little later
-			l.s.log.Warn("sniproxy: accept failed, retrying", "err", err)
+			s.log.Warn("sniproxy: accept failed, retrying", "err", err)
 			_ = l.listen(false)
 			l.retry = l.now + int64(50*time.Millisecond)
 			return
 		}
-		if t := l.balance(); t != l {
-			t.give(fd, peer)
-			continue
+		// Only a connection with a slot of its own is spread: one that
+		// takes an evicted hello's place must stay with that hello's loop.
+		if reserved {
+			if t := l.balance(); t != l {
+				t.give(fd, peer)
+				continue
+			}
 		}
-		l.admit(fd, peer)
+		l.admit(fd, peer, reserved)
 	}
+}
+
+// reserve takes one of the MaxConns slots if one is free.
+func (l *loop) reserve() bool {
+	s := l.s
+	for {
+		n := s.loopConns.Load()
+		if n >= int64(s.cfg.MaxConns) {
+			return false
+		}
+		if s.loopConns.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
+}
+
+// evictable reports whether this loop's oldest pending hello is old
+// enough to make way for a new connection.
+func (l *loop) evictable() bool {
+	h := l.hello.head
+	return h != nil && l.clock()-h.t >= int64(l.s.evictAge)
 }
 
 // balance picks the loop for a new connection: this one, unless another
@@ -508,7 +570,8 @@ func (l *loop) balance() *loop {
 	return best
 }
 
-// give queues an accepted descriptor for l and wakes it.
+// give queues an accepted descriptor, which holds a reserved slot, for l
+// and wakes it.
 func (l *loop) give(fd int, peer netip.AddrPort) {
 	l.count.Add(1) // counted now, so that a burst spreads
 	l.inboxMu.Lock()
@@ -525,10 +588,11 @@ func (l *loop) takeInbox() {
 	for _, a := range in {
 		l.count.Add(-1) // admit counts it again
 		if l.stop.Load() {
+			l.s.loopConns.Add(-1)
 			unix.Close(a.fd)
 			continue
 		}
-		l.admit(a.fd, a.peer)
+		l.admit(a.fd, a.peer, true)
 	}
 }
 
@@ -551,30 +615,36 @@ func (l *loop) askEviction() {
 	}
 }
 
-func (l *loop) admit(fd int, peer netip.AddrPort) {
+// admit takes an accepted connection in; reserved says it holds a slot
+// already (see accept), else it takes the place of the oldest pending
+// hello.
+func (l *loop) admit(fd int, peer netip.AddrPort, reserved bool) {
 	s := l.s
 	m := s.m
 	m.Accepted.Inc()
-	ip := peer.Addr()
+	ip := sourceOf(peer.Addr())
 	s.mu.Lock()
 	if s.perIP[ip] >= s.cfg.MaxPendingPerIP {
 		s.mu.Unlock()
+		if reserved {
+			s.loopConns.Add(-1)
+		}
 		m.RejectedPerIP.Inc()
 		rawClose(fd)
 		return
 	}
 	s.perIP[ip]++
 	s.mu.Unlock()
-	if s.loopConns.Load() >= int64(s.cfg.MaxConns) || l.hello.n >= l.maxPending {
-		// room() said the oldest pending hello may make way. (If another
-		// loop took the last slot meanwhile, MaxConns is exceeded by one:
-		// it is a soft bound across loops.)
-		if v := l.hello.head; v != nil && l.now-v.t >= int64(s.evictAge) {
+	if !reserved {
+		s.loopConns.Add(1)
+	}
+	if s.loopConns.Load() > int64(s.cfg.MaxConns) || l.hello.n >= l.maxPending {
+		// accept found the oldest pending hello old enough to make way.
+		if l.evictable() {
 			m.PendingEvicted.Inc()
-			l.close(v)
+			l.close(l.hello.head)
 		}
 	}
-	s.loopConns.Add(1)
 	l.count.Add(1)
 	c := &lconn{cfd: int32(fd), bfd: -1, ip: ip, peer: peer, t: l.now, helloT: l.now, inPending: true}
 	l.addSlot(c)
@@ -738,8 +808,11 @@ func (l *loop) routeHello(c *lconn, h *clienthello.Hello) {
 		return
 	}
 	ap, perr := netip.ParseAddrPort(target.Addr)
-	if perr != nil {
-		l.handoff(c, h, target, name) // a host name: resolve and dial on a goroutine
+	if perr != nil || ap.Addr().Zone() != "" {
+		// A host name: resolve and dial on a goroutine. So too an
+		// address with a zone (a link-local backend): its interface
+		// index is looked up, not known from memory.
+		l.handoff(c, h, target, name)
 		return
 	}
 	c.hello = h
@@ -844,10 +917,12 @@ func (l *loop) dialProgress(c *lconn, ev uint32) {
 	c.state = stRelay
 	c.t = l.now
 	l.relay.push(c)
-	// The backend has had nothing to send before the hello; anything it
-	// sends now raises an edge. The client may have sent more after its
-	// hello (c.cin from readHello says whether that read emptied it).
-	c.bin, c.cout = false, true
+	// The client's socket has not been written to yet. c.bin is kept: the
+	// event that reported the connect may also have reported bytes or a
+	// FIN the backend sent at once, and no new edge would come for them.
+	// The client may have sent more after its hello (c.cin from readHello
+	// says whether that read emptied it).
+	c.cout = true
 	l.pump(c)
 }
 
@@ -1090,6 +1165,7 @@ func (l *loop) closeAll() {
 	_ = l.listen(false)
 	l.inboxMu.Lock()
 	for _, a := range l.inbox {
+		l.s.loopConns.Add(-1)
 		unix.Close(a.fd)
 	}
 	l.inbox = nil
@@ -1101,21 +1177,31 @@ func (l *loop) closeAll() {
 // goroutine path.
 func (l *loop) handoff(c *lconn, h *clienthello.Hello, target Target, name string) {
 	s := l.s
+	// Leave the epoll set first: the duplicate net.FileConn makes keeps
+	// the socket open, so closing the loop's descriptor would not remove
+	// the registration, and every event of the handed-off connection
+	// would go on waking this loop.
+	_ = rawEpollCtl(l.epfd, unix.EPOLL_CTL_DEL, int(c.cfd), nil)
 	f := os.NewFile(uintptr(c.cfd), "client")
 	nc, err := net.FileConn(f) // a duplicate descriptor owned by the runtime
-	f.Close()                  // closes the loop's descriptor (and its epoll registration)
+	f.Close()                  // closes the loop's descriptor
 	c.cfd = -1
+	// The connection keeps its slot of MaxConns (loopConns, which the
+	// loops admit by) until release; close gives the loop's up.
+	s.loopConns.Add(1)
 	l.close(c)
 	if err != nil {
+		s.loopConns.Add(-1)
 		h.Release()
 		s.m.DialErrors.Inc()
 		s.log.Warn("sniproxy: handoff", "err", err)
 		return
 	}
-	cs := &conn{c: nc, ip: c.ip, since: time.Now()}
+	cs := &conn{c: nc, ip: c.ip, since: time.Now(), handedOff: l.handedOff}
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
+		s.loopConns.Add(-1)
 		h.Release()
 		nc.Close()
 		return
@@ -1124,6 +1210,7 @@ func (l *loop) handoff(c *lconn, h *clienthello.Hello, target Target, name strin
 	s.active.push(cs)
 	cs.where = inActive
 	s.wg.Add(1)
+	l.handedOff.Add(1)
 	s.mu.Unlock()
 	s.m.Active.Inc()
 	go s.dialAndRelay(l.ctx, cs, nc, h, target, name)

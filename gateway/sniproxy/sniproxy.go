@@ -73,7 +73,7 @@ type Config struct {
 	// connections that never finish their hello cannot lock others out.
 	// The event loops split it evenly between them.
 	MaxPending      int // MaxConns
-	MaxPendingPerIP int // 32 connections per source IP still sending their hello
+	MaxPendingPerIP int // 32 connections per source still sending their hello (an IPv4 address, an IPv6 /64)
 
 	// Dial opens the backend connection. nil: the event loops connect
 	// themselves (Linux; host-name targets go through a net.Dialer),
@@ -334,6 +334,10 @@ func (s *Server) release(cs *conn) {
 		s.total--
 	}
 	s.mu.Unlock()
+	if cs.handedOff != nil {
+		s.loopConns.Add(-1)
+		cs.handedOff.Done()
+	}
 	select {
 	case s.slotFree <- struct{}{}:
 	default:
@@ -353,6 +357,22 @@ func (s *Server) closeAll() {
 	}
 	for cs := s.active.head; cs != nil; cs = cs.next {
 		all = append(all, cs)
+	}
+	s.mu.Unlock()
+	for _, cs := range all {
+		cs.kill()
+	}
+}
+
+// closeHandedOff shuts down the connections that the event loops of one
+// Serve handed over (group), leaving the Server open for other Serves.
+func (s *Server) closeHandedOff(group *sync.WaitGroup) {
+	s.mu.Lock()
+	var all []*conn
+	for cs := s.active.head; cs != nil; cs = cs.next {
+		if cs.handedOff == group {
+			all = append(all, cs)
+		}
 	}
 	s.mu.Unlock()
 	for _, cs := range all {
