@@ -45,9 +45,11 @@ here is served over the tunnel.`,
 		tun := tunnel.NewServerService(reg)
 		sni := sniproxy.NewService(reg)
 		sni.Tunnels = tun // names of nodes with a tunnel here go over it
+		web := httproute.New(reg)
+		web.Tunnels = tun // names whose http is "tunnel"
 		// Start order matters: the DHT before the publisher, the registry
 		// before DNS, which reads its zones at start.
-		return []host.Service{dht, pub, reg, dns.New(reg), httproute.New(reg), tun, sni}
+		return []host.Service{dht, pub, reg, dns.New(reg), web, tun, sni}
 	},
 }
 

@@ -166,7 +166,7 @@ names:
   registry: %s
   names:
     - name: alice.ela.city
-      target: 127.0.0.1:9
+      target: tunnel
 tunnel-client:
   supernode: %s
   supernodeID: %s

@@ -256,7 +256,11 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn, done func()) {
 			return
 		}
 		m.RouteErrors.Inc()
-		s.log.Warn("sniproxy: route failed", "name", name, "err", err)
+		if errors.Is(err, ErrNodeOffline) { // a node that is away: not the gateway's fault
+			s.log.Debug("sniproxy: node offline", "name", name, "client", c.RemoteAddr())
+		} else {
+			s.log.Warn("sniproxy: route failed", "name", name, "err", err)
+		}
 		sendAlert(c, h.RecordVersion(), alertInternalError)
 		return
 	}
