@@ -19,7 +19,7 @@ type oneName struct {
 	owner  identity.ID
 }
 
-func (n oneName) TLSTarget(name string) (string, bool) { return n.target, name == testName }
+func (n oneName) TLSTarget(name string) (string, bool)  { return n.target, name == testName }
 func (n oneName) Owner(name string) (identity.ID, bool) { return n.owner, name == testName }
 
 type fakeTunnels struct {
