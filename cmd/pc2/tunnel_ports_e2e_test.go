@@ -203,3 +203,22 @@ tunnel-client:
 		t.Fatalf("http to a node without a tunnel: %d %q %v after %v", code, body, err, time.Since(start))
 	}
 }
+
+// TestNameRegisterTunnelFlag: `pc2 name register --tunnel` registers the
+// target "tunnel"; with a contradicting --target it is a usage error.
+func TestNameRegisterTunnelFlag(t *testing.T) {
+	super := startPC2(t, "supernode", "--dev", "--data", t.TempDir(), "--config", writeFile(t, "supernode.yaml", "metrics:\n  listen: \"off\"\nregistry:\n  domains: [ela.city]\n"))
+	api := super.Extra["registry.api"]
+	keys := newKeyDir(t)
+	if r := pc2(t, "", "name", "register", "--tunnel", "--target", "127.0.0.1:443", "--registry", api, "--data", keys, "bob.ela.city"); r.code != 2 {
+		t.Fatalf("--tunnel with --target: code %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	r := pc2(t, "", "name", "register", "--tunnel", "--registry", api, "--data", keys, "bob.ela.city")
+	if r.code != 0 || !strings.Contains(r.stdout, "bob.ela.city → tunnel") {
+		t.Fatalf("register --tunnel: code %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	r = pc2(t, "", "name", "show", "--registry", api, "bob.ela.city")
+	if r.code != 0 || !strings.Contains(r.stdout, "tunnel") {
+		t.Fatalf("show: code %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+}
