@@ -219,7 +219,14 @@ func (m *portMap) grant(t *tunnelConn, req Control) Control {
 	key := leaseKey{t.id, req.Proto, req.Service}
 	if l := m.leases[key]; l != nil {
 		if err := m.bind(l); err != nil {
-			return refuse(req, RefuseInternal, "cannot listen on the held port")
+			// Taken by another process while nobody listened (a lease
+			// reloaded after a restart): give the node a new port.
+			m.log.Warn("tunnel: held port taken; choosing another", "node", t.id, "port", l.Port, "err", err)
+			m.remove(l)
+			if m.cfg.Leases != nil {
+				_ = m.cfg.Leases.Delete(l.Lease)
+			}
+			return m.allocateLocked(t, req)
 		}
 		if !l.Expires.IsZero() {
 			l.Expires = time.Time{}
@@ -231,6 +238,11 @@ func (m *portMap) grant(t *tunnelConn, req Control) Control {
 		m.startReader(t, l)
 		return Control{Type: MsgPortGrant, Proto: req.Proto, Service: req.Service, Port: l.Port}
 	}
+	return m.allocateLocked(t, req)
+}
+
+// allocateLocked leases a new port for req.
+func (m *portMap) allocateLocked(t *tunnelConn, req Control) Control {
 	if m.perID[t.id] >= m.cfg.PerNode {
 		return refuse(req, RefuseQuota, fmt.Sprintf("node holds its %d ports", m.cfg.PerNode))
 	}

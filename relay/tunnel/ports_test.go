@@ -416,3 +416,49 @@ func TestPortRangeExhausted(t *testing.T) {
 		t.Fatalf("second node: grants %+v refusals %+v, want exhausted", b.Grants(), r)
 	}
 }
+
+// TestHeldPortTakenMeanwhile: when a reloaded lease's port was taken by
+// another process during the restart, the node gets another port rather
+// than a refusal.
+func TestHeldPortTakenMeanwhile(t *testing.T) {
+	srvKey, cliKey := newKey(t), newKey(t)
+	db, err := store.Open(filepath.Join(t.TempDir(), "db"), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	lo := freePort(t)
+	pc := PortConfig{Min: lo, Max: lo + 50, Leases: NewStoreLeases(db.Namespace("tunnel"))}
+	services := map[string]Local{"ssh": {Addr: echoServer(t)}}
+	ports := []PortSpec{{Service: "ssh", Proto: ProtoTCP}}
+	srv, addr := portServer(t, srvKey, "127.0.0.1:0", pc)
+	cli := portClient(t, cliKey, srvKey, addr, services, ports, nil)
+	waitAnswers(t, cli, 1)
+	first := grantOf(t, cli, "ssh", ProtoTCP)
+	cli.Close()
+	srv.Close()
+
+	squatter, err := net.Listen("tcp", first.Endpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer squatter.Close()
+	_, addr = portServer(t, srvKey, "127.0.0.1:0", pc)
+	cli = portClient(t, cliKey, srvKey, addr, services, ports, nil)
+	waitAnswers(t, cli, 1)
+	again := grantOf(t, cli, "ssh", ProtoTCP)
+	if again.Port == first.Port {
+		t.Fatal("granted a port another process listens on")
+	}
+	c, err := net.Dial("tcp", again.Endpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := roundTrip(t, c, []byte("moved")); string(got) != "moved" {
+		t.Fatalf("echo %q", got)
+	}
+	stored, _ := pc.Leases.Load()
+	if len(stored) != 1 || stored[0].Port != again.Port {
+		t.Fatalf("stored leases %+v, want only port %d", stored, again.Port)
+	}
+}
