@@ -43,17 +43,27 @@ func (f *fakeTunnels) Dial(ctx context.Context, _ identity.ID, service string, _
 // through its owner's tunnel when it has one here, and refused at once
 // with a TLS internal_error alert when it has none (no dial, no hang).
 func TestTunnelTarget(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		configDial bool // a Config.Dial selects the goroutine path
+	}{{"loops", false}, {"goroutines", true}} {
+		t.Run(tc.name, func(t *testing.T) { testTunnelTarget(t, tc.configDial) })
+	}
+}
+
+func testTunnelTarget(t *testing.T, configDial bool) {
 	cert, pool := newCert(t)
 	backend := listen(t)
 	tlsBackend(t, backend, cert, false, nil)
 	tun := &fakeTunnels{backend: backend.Addr().String()}
-	e := startProxy(t, sniproxy.Config{
-		Router: sniproxy.NewTunnelRouter(oneName{target: sniproxy.TunnelTarget}, oneName{}, tun, false),
-		Dial: func(context.Context, string) (net.Conn, error) {
+	cfg := sniproxy.Config{Router: sniproxy.NewTunnelRouter(oneName{target: sniproxy.TunnelTarget}, oneName{}, tun, false)}
+	if configDial {
+		cfg.Dial = func(context.Context, string) (net.Conn, error) {
 			t.Error("dialled the placeholder target of a tunnel-only name")
 			return nil, net.ErrClosed
-		},
-	}, false)
+		}
+	}
+	e := startProxy(t, cfg, false)
 
 	d := &net.Dialer{Timeout: 5 * time.Second, Deadline: time.Now().Add(5 * time.Second)}
 	_, err := tls.DialWithDialer(d, "tcp", e.proxyAddr, clientConfig(pool))
