@@ -40,6 +40,11 @@ type PortConfig struct {
 	// ends a flow after that long without a datagram either way (60 s).
 	UDPFlows int
 	UDPIdle  time.Duration
+	// TCPConns bounds the visitor connections of one TCP port at once
+	// (1024), TCPConnsPerSource those from one source address (an IPv4
+	// address or an IPv6 /64) (64); beyond them a visitor is closed at
+	// once.
+	TCPConns, TCPConnsPerSource int
 	// Clock times holds and flow idleness (nil: the system clock).
 	Clock clock.Clock
 	// Leases keeps leases across restarts (nil: memory only).
@@ -58,6 +63,12 @@ func (c *PortConfig) defaults() {
 	}
 	if c.UDPIdle <= 0 {
 		c.UDPIdle = 60 * time.Second
+	}
+	if c.TCPConns <= 0 {
+		c.TCPConns = 1024
+	}
+	if c.TCPConnsPerSource <= 0 {
+		c.TCPConnsPerSource = 64
 	}
 	if c.Clock == nil {
 		c.Clock = clock.Real{}
@@ -384,6 +395,7 @@ func (m *portMap) close() {
 // serveTCP carries each visitor of a mapped TCP port on its own stream.
 func (m *portMap) serveTCP(l *lease, ln net.Listener) {
 	defer m.wg.Done()
+	var lim connLimit
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -393,9 +405,15 @@ func (m *portMap) serveTCP(l *lease, ln net.Listener) {
 			}
 			return
 		}
+		src := sourceOf(c.RemoteAddr())
+		if !lim.enter(src, m.cfg.TCPConns, m.cfg.TCPConnsPerSource) {
+			c.Close()
+			continue
+		}
 		m.wg.Add(1)
 		go func() {
 			defer m.wg.Done()
+			defer lim.leave(src)
 			m.serveVisitor(l, c)
 		}()
 	}
@@ -412,6 +430,51 @@ func (m *portMap) serveVisitor(l *lease, c net.Conn) {
 	// Ends with the stream when the tunnel closes (Server.Close closes
 	// the tunnels before the ports).
 	pipe(c, st)
+}
+
+// connLimit counts the visitors of one port, in total and per source.
+type connLimit struct {
+	mu    sync.Mutex
+	total int
+	per   map[netip.Addr]int
+}
+
+func (l *connLimit) enter(src netip.Addr, max, perSource int) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.per == nil {
+		l.per = map[netip.Addr]int{}
+	}
+	if l.total >= max || l.per[src] >= perSource {
+		return false
+	}
+	l.total++
+	l.per[src]++
+	return true
+}
+
+func (l *connLimit) leave(src netip.Addr) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.total--
+	if l.per[src]--; l.per[src] <= 0 {
+		delete(l.per, src)
+	}
+}
+
+// sourceOf is the accounting source of a visitor: its IPv4 address, or
+// the /64 of its IPv6 address.
+func sourceOf(a net.Addr) netip.Addr {
+	ta, ok := a.(*net.TCPAddr)
+	if !ok {
+		return netip.Addr{}
+	}
+	ip := ta.AddrPort().Addr().Unmap()
+	if ip.Is6() {
+		p, _ := ip.Prefix(64)
+		return p.Addr()
+	}
+	return ip
 }
 
 type closeWriter interface{ CloseWrite() error }

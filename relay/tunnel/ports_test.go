@@ -462,3 +462,53 @@ func TestHeldPortTakenMeanwhile(t *testing.T) {
 		t.Fatalf("stored leases %+v, want only port %d", stored, again.Port)
 	}
 }
+
+// TestMappedTCPPerSourceLimit: a source holding tcpConnsPerSource
+// visitors of a port gets its next connection closed at once; when one
+// ends, a new one is served.
+func TestMappedTCPPerSourceLimit(t *testing.T) {
+	srvKey, cliKey := newKey(t), newKey(t)
+	lo := freePort(t)
+	_, addr := portServer(t, srvKey, "127.0.0.1:0", PortConfig{Min: lo, Max: lo + 20, TCPConnsPerSource: 2})
+	cli := portClient(t, cliKey, srvKey, addr, map[string]Local{"ssh": {Addr: echoServer(t)}}, []PortSpec{{Service: "ssh", Proto: ProtoTCP}}, nil)
+	waitAnswers(t, cli, 1)
+	ep := grantOf(t, cli, "ssh", ProtoTCP).Endpoint
+	open := func() (net.Conn, error) {
+		c, err := net.Dial("tcp", ep)
+		if err != nil {
+			return nil, err
+		}
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		buf := make([]byte, 1)
+		if _, err := c.Write([]byte("x")); err != nil {
+			c.Close()
+			return nil, err
+		}
+		if _, err := io.ReadFull(c, buf); err != nil {
+			c.Close()
+			return nil, err
+		}
+		return c, nil
+	}
+	var held []net.Conn
+	for range 2 {
+		c, err := open()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		held = append(held, c)
+	}
+	if c, err := open(); err == nil {
+		c.Close()
+		t.Fatal("a third connection from one source was served")
+	}
+	held[0].Close()
+	waitFor(t, "a slot to free up", 5*time.Second, func() bool {
+		c, err := open()
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+}

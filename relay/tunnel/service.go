@@ -58,6 +58,10 @@ type PortsConfig struct {
 	// a quiet flow (60s).
 	UDPFlows int           `yaml:"udpFlows"`
 	UDPIdle  time.Duration `yaml:"udpIdle"`
+	// TCPConns bounds the visitors of one TCP port at once (1024),
+	// TCPConnsPerSource those from one IPv4 address or IPv6 /64 (64).
+	TCPConns          int `yaml:"tcpConns"`
+	TCPConnsPerSource int `yaml:"tcpConnsPerSource"`
 }
 
 // parseRange parses "min-max" or "off" (0, 0).
@@ -109,7 +113,8 @@ func parseIDs(ids []string) (map[identity.ID]bool, error) {
 // Start implements host.Service.
 func (s *ServerService) Start(ctx context.Context, h host.Handle) error {
 	c := ServerServiceConfig{Listen: ":8090", MaxStreamsPerNode: 10000, HandshakesPerSecond: 100, HandshakeBurst: 200,
-		Ports: PortsConfig{Range: "20000-22000", PerNode: 4, Hold: 5 * time.Minute, UDPFlows: 1024, UDPIdle: time.Minute}}
+		Ports: PortsConfig{Range: "20000-22000", PerNode: 4, Hold: 5 * time.Minute, UDPFlows: 1024, UDPIdle: time.Minute,
+			TCPConns: 1024, TCPConnsPerSource: 64}}
 	if h.Config().Dev {
 		c.Listen = "127.0.0.1:0"
 		c.Ports.Bind = "127.0.0.1"
@@ -135,8 +140,8 @@ func (s *ServerService) Start(ctx context.Context, h host.Handle) error {
 	if err != nil {
 		errs = append(errs, sec.Errorf("ports", err.Error()))
 	}
-	if c.Ports.PerNode < 1 || c.Ports.UDPFlows < 1 {
-		errs = append(errs, sec.Errorf("ports", "perNode and udpFlows must be at least 1"))
+	if c.Ports.PerNode < 1 || c.Ports.UDPFlows < 1 || c.Ports.TCPConns < 1 || c.Ports.TCPConnsPerSource < 1 {
+		errs = append(errs, sec.Errorf("ports", "perNode, udpFlows, tcpConns and tcpConnsPerSource must be at least 1"))
 	}
 	errs = append(errs, sec.CheckDurations(24*time.Hour, map[string]time.Duration{"ports.hold": c.Ports.Hold, "ports.udpIdle": c.Ports.UDPIdle}))
 	if c.Ports.Bind != "" {
@@ -179,7 +184,8 @@ func (s *ServerService) Start(ctx context.Context, h host.Handle) error {
 		Admit: admit, MaxStreamsPerNode: c.MaxStreamsPerNode, BytesPerSecond: c.BytesPerSecond,
 		HandshakesPerSecond: c.HandshakesPerSecond, HandshakeBurst: c.HandshakeBurst, Logger: h.Logger(),
 		Ports: PortConfig{Min: pmin, Max: pmax, PerNode: c.Ports.PerNode, Hold: c.Ports.Hold, Bind: c.Ports.Bind,
-			UDPFlows: c.Ports.UDPFlows, UDPIdle: c.Ports.UDPIdle, Clock: h.Clock(), Leases: NewStoreLeases(store)},
+			UDPFlows: c.Ports.UDPFlows, UDPIdle: c.Ports.UDPIdle, TCPConns: c.Ports.TCPConns, TCPConnsPerSource: c.Ports.TCPConnsPerSource,
+			Clock: h.Clock(), Leases: NewStoreLeases(store)},
 	})
 	addr, err := srv.Listen(c.Listen)
 	if err != nil {
