@@ -144,7 +144,8 @@ func (p *clientPorts) request(ctx context.Context, conn *quic.Conn) error {
 	defer cancel()
 	st, err := conn.OpenStreamSync(sctx)
 	if err != nil {
-		return fmt.Errorf("open control stream: %w", err)
+		// A supernode without port mapping accepts no streams.
+		return fmt.Errorf("open control stream (does the supernode map ports?): %w", err)
 	}
 	defer st.CancelRead(0)
 	_ = st.SetDeadline(time.Now().Add(10 * time.Second))
