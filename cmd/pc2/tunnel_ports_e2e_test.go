@@ -147,7 +147,7 @@ tunnel-client:
 
 	// The granted ports, as the node's metrics show them.
 	grants := map[string]string{}
-	re := regexp.MustCompile(`pc2_tunnel_client_port\{proto="(tcp|udp)",service="(\w+)"\} (\d+)`)
+	re := regexp.MustCompile(`pc2_tunnel_client_port\{proto="(tcp|udp)",service="(\w+)"[^}]*\} (\d+)`)
 	waitFor(t, "both ports granted", 10*time.Second, func() bool {
 		res, err := http.Get(node.info.Metrics)
 		if err != nil {
