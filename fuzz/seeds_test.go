@@ -16,6 +16,8 @@ func TestWriteSeedCorpus(t *testing.T) {
 		"FuzzProxyProtoV2":      proxyProtoSeeds(),
 		"FuzzSTUNAnswer":        stunSeeds(),
 		"FuzzTunnelHeader":      tunnelHeaderSeeds(),
+		"FuzzTunnelControl":     tunnelControlSeeds(),
+		"FuzzTunnelDatagram":    tunnelDatagramSeeds(),
 		"FuzzMeshFrame":         meshFrameSeeds(),
 		"FuzzMeshForwardHeader": meshForwardSeeds(),
 	}

@@ -57,7 +57,9 @@ node's tunnel, and DNS answers only with supernodes that are alive.
 		// Start order matters: the DHT before the publisher, the registry
 		// before the mesh (which sends its names to peers) and DNS (which
 		// reads its zones at start).
-		return []host.Service{dht, pub, reg, mesh, dns.New(mesh), httproute.New(mesh), tun, sni}
+		web := httproute.New(mesh)
+		web.Tunnels = mesh // names whose http is "tunnel": over the tunnel here, else over the mesh
+		return []host.Service{dht, pub, reg, mesh, dns.New(mesh), web, tun, sni}
 	},
 }
 

@@ -68,6 +68,9 @@ func (m *Mesh) TLSTarget(name string) (string, bool) {
 func (m *Mesh) HTTPBackend(host []byte) (httproute.Backend, bool) {
 	r, ok := m.resolve(string(host))
 	if r != nil {
+		if r.HTTP == wire.TargetTunnel { // served through the owner's tunnel, wherever it is
+			return httproute.Backend{Tunnel: r.Owner, RedirectHTTPS: r.RedirectHTTPS}, true
+		}
 		return httproute.Backend{Addr: r.HTTP, RedirectHTTPS: r.RedirectHTTPS}, true
 	}
 	if ok {

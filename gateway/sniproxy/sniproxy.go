@@ -435,7 +435,11 @@ func (s *Server) routeFailed(name string, err error) byte {
 		return alertUnrecognizedName
 	}
 	s.m.RouteErrors.Inc()
-	s.log.Warn("sniproxy: route failed", "name", name, "err", err)
+	if errors.Is(err, ErrNodeOffline) { // a node that is away: not the gateway's fault
+		s.log.Debug("sniproxy: node offline", "name", name)
+	} else {
+		s.log.Warn("sniproxy: route failed", "name", name, "err", err)
+	}
 	return alertInternalError
 }
 

@@ -454,7 +454,7 @@ func (r *Registry) dropOwner(id identity.ID) {
 // checkEndpoints applies the address policy to the endpoints of q.
 func (r *Registry) checkEndpoints(q *wire.Request) error {
 	for _, ep := range []string{q.Target, q.HTTP} {
-		if ep == "" || r.o.AllowPrivateTargets {
+		if ep == "" || ep == wire.TargetTunnel || r.o.AllowPrivateTargets {
 			continue
 		}
 		a := netip.MustParseAddrPort(ep).Addr().Unmap() // wire.Check parsed it

@@ -15,6 +15,7 @@ import (
 
 	"github.com/quic-go/quic-go"
 
+	"github.com/elacity/pc2/core/clock"
 	"github.com/elacity/pc2/core/identity"
 	"github.com/elacity/pc2/gateway/proxyproto"
 	"github.com/elacity/pc2/transport/quicid"
@@ -42,6 +43,13 @@ type ClientConfig struct {
 	DialTimeout            time.Duration // 5 s, for local services
 	LocalUDP               string        // local UDP address to bind (":0")
 	Logger                 *slog.Logger
+	// Ports asks the supernode for public ports for local services
+	// (ports_client.go); MaxUDPFlows (4096) and UDPIdle (60 s) bound the
+	// UDP flows, timed by Clock (nil: the system clock).
+	Ports       []PortSpec
+	MaxUDPFlows int
+	UDPIdle     time.Duration
+	Clock       clock.Clock
 }
 
 // Client keeps a node's tunnel to one supernode up, forever, and serves
@@ -59,6 +67,7 @@ type Client struct {
 	cancel    context.CancelFunc
 	done      chan struct{}
 	streamsWG sync.WaitGroup
+	ports     *clientPorts // nil: no mapped ports
 }
 
 // NewClient returns a client; Start runs it.
@@ -78,11 +87,24 @@ func NewClient(kp *identity.KeyPair, cfg ClientConfig) *Client {
 	if cfg.DialTimeout <= 0 {
 		cfg.DialTimeout = 5 * time.Second
 	}
+	if cfg.MaxUDPFlows <= 0 {
+		cfg.MaxUDPFlows = 4096
+	}
+	if cfg.UDPIdle <= 0 {
+		cfg.UDPIdle = 60 * time.Second
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.Real{}
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Client{cfg: cfg, kp: kp, log: log, wake: make(chan struct{}, 1)}
+	c := &Client{cfg: cfg, kp: kp, log: log, wake: make(chan struct{}, 1)}
+	if len(cfg.Ports) > 0 {
+		c.ports = newClientPorts(c)
+	}
+	return c
 }
 
 // Up reports whether the tunnel is connected.
@@ -224,6 +246,13 @@ func (c *Client) connectOnce(ctx context.Context, tr *quic.Transport, tlsConf *t
 	c.conn.Store(conn)
 	c.up.Store(true)
 	c.log.Info("tunnel up", "supernode", c.cfg.Supernode)
+	if c.ports != nil {
+		c.streamsWG.Add(1)
+		go func() {
+			defer c.streamsWG.Done()
+			c.ports.attach(ctx, conn)
+		}()
+	}
 	for {
 		st, err := conn.AcceptStream(ctx)
 		if err != nil {

@@ -51,6 +51,9 @@ type ServerConfig struct {
 	// restart.
 	OnUp   func(id identity.ID, addr net.Addr)
 	Logger *slog.Logger
+	// Ports maps public ports to node services (ports.go); Ports.Min 0:
+	// none.
+	Ports PortConfig
 }
 
 // wakeMessage is what a restarted supernode sends to the nodes it served
@@ -74,6 +77,7 @@ type Server struct {
 	tr        *quic.Transport
 	ln        *quic.Listener
 	closeOnce sync.Once
+	ports     *portMap // nil: no port mapping
 }
 
 type tunnelConn struct {
@@ -116,6 +120,12 @@ func (s *Server) Listen(addr string) (net.Addr, error) {
 		udp.Close()
 		return nil, err
 	}
+	if s.cfg.Ports.Min != 0 {
+		if s.ports, err = newPortMap(s, s.cfg.Ports); err != nil {
+			udp.Close()
+			return nil, err
+		}
+	}
 	tlsConf.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) {
 		// Checked on the ClientHello, before any signature is computed.
 		if !s.hsLimit.take(1) {
@@ -127,6 +137,9 @@ func (s *Server) Listen(addr string) (net.Addr, error) {
 	s.tr = &quic.Transport{Conn: udp, StatelessResetKey: quicid.StatelessResetKey(s.kp)}
 	qc := quicid.Config(0, Idle) // nodes open no streams to the server
 	qc.MaxIncomingStreams = -1
+	if s.ports != nil {
+		qc.MaxIncomingStreams = 1 // one control stream at a time (ports.go)
+	}
 	qc.EnableDatagrams = true // wake probes from nodes; never read
 	ln, err := s.tr.Listen(tlsConf, qc)
 	if err != nil {
@@ -184,16 +197,24 @@ func (s *Server) acceptLoop() {
 		if s.cfg.OnUp != nil {
 			go s.cfg.OnUp(id, conn.RemoteAddr())
 		}
+		if s.ports != nil {
+			s.wg.Add(1)
+			go s.serveControl(t)
+		}
 		// AfterFunc rather than a goroutine: an idle tunnel holds no
 		// stack of ours.
 		s.wg.Add(1)
 		context.AfterFunc(conn.Context(), func() {
 			defer s.wg.Done()
 			s.mu.Lock()
-			if s.tunnels[id] == t {
+			current := s.tunnels[id] == t
+			if current {
 				delete(s.tunnels, id)
 			}
 			s.mu.Unlock()
+			if current && s.ports != nil {
+				s.ports.detach(id) // its ports are held for it
+			}
 			s.log.Info("tunnel down", "node", id, "err", context.Cause(conn.Context()))
 		})
 	}
@@ -278,6 +299,9 @@ func (s *Server) Close() error {
 		if s.tr != nil {
 			s.tr.Close()
 			s.tr.Conn.Close() // the transport does not close a socket it was given
+		}
+		if s.ports != nil {
+			s.ports.close()
 		}
 	})
 	s.wg.Wait()

@@ -6,7 +6,11 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/elacity/pc2/core/host"
 	"github.com/elacity/pc2/core/identity"
@@ -36,6 +40,42 @@ type ServerServiceConfig struct {
 	Allow    []string `yaml:"allow"`
 	Deny     []string `yaml:"deny"`
 	AdmitAll bool     `yaml:"admitAll"`
+	// Ports are the port-mapped endpoints (ports.go).
+	Ports PortsConfig `yaml:"ports"`
+}
+
+// PortsConfig is the "ports" part of the "tunnel" section.
+type PortsConfig struct {
+	// Range is "min-max" (default "20000-22000"), or "off".
+	Range string `yaml:"range"`
+	// PerNode bounds the ports one node holds, TCP and UDP together (4).
+	PerNode int `yaml:"perNode"`
+	// Hold keeps a node's ports after its tunnel went away (5m).
+	Hold time.Duration `yaml:"hold"`
+	// Bind is the address mapped ports listen on ("": all; dev 127.0.0.1).
+	Bind string `yaml:"bind"`
+	// UDPFlows bounds the visitors of one UDP port (1024); UDPIdle ends
+	// a quiet flow (60s).
+	UDPFlows int           `yaml:"udpFlows"`
+	UDPIdle  time.Duration `yaml:"udpIdle"`
+	// TCPConns bounds the visitors of one TCP port at once (1024),
+	// TCPConnsPerSource those from one IPv4 address or IPv6 /64 (64).
+	TCPConns          int `yaml:"tcpConns"`
+	TCPConnsPerSource int `yaml:"tcpConnsPerSource"`
+}
+
+// parseRange parses "min-max" or "off" (0, 0).
+func parseRange(s string) (uint16, uint16, error) {
+	if s == "off" {
+		return 0, 0, nil
+	}
+	lo, hi, ok := strings.Cut(s, "-")
+	a, err1 := strconv.ParseUint(lo, 10, 16)
+	b, err2 := strconv.ParseUint(hi, 10, 16)
+	if !ok || err1 != nil || err2 != nil || a == 0 || b < a {
+		return 0, 0, fmt.Errorf("range %q: want min-max with 1 <= min <= max <= 65535, or off", s)
+	}
+	return uint16(a), uint16(b), nil
 }
 
 // ServerService runs a Server in a host under the section "tunnel".
@@ -72,9 +112,12 @@ func parseIDs(ids []string) (map[identity.ID]bool, error) {
 
 // Start implements host.Service.
 func (s *ServerService) Start(ctx context.Context, h host.Handle) error {
-	c := ServerServiceConfig{Listen: ":8090", MaxStreamsPerNode: 10000, HandshakesPerSecond: 100, HandshakeBurst: 200}
+	c := ServerServiceConfig{Listen: ":8090", MaxStreamsPerNode: 10000, HandshakesPerSecond: 100, HandshakeBurst: 200,
+		Ports: PortsConfig{Range: "20000-22000", PerNode: 4, Hold: 5 * time.Minute, UDPFlows: 1024, UDPIdle: time.Minute,
+			TCPConns: 1024, TCPConnsPerSource: 64}}
 	if h.Config().Dev {
 		c.Listen = "127.0.0.1:0"
+		c.Ports.Bind = "127.0.0.1"
 	}
 	sec := h.Section()
 	if err := sec.Decode(&c); err != nil {
@@ -92,6 +135,19 @@ func (s *ServerService) Start(ctx context.Context, h host.Handle) error {
 	}
 	if c.MaxStreamsPerNode < 1 || c.HandshakesPerSecond <= 0 || c.HandshakeBurst < 1 || c.BytesPerSecond < 0 {
 		errs = append(errs, sec.Errorf("maxStreamsPerNode", "maxStreamsPerNode, handshakesPerSecond and handshakeBurst must be positive, bytesPerSecond not negative"))
+	}
+	pmin, pmax, err := parseRange(c.Ports.Range)
+	if err != nil {
+		errs = append(errs, sec.Errorf("ports", err.Error()))
+	}
+	if c.Ports.PerNode < 1 || c.Ports.UDPFlows < 1 || c.Ports.TCPConns < 1 || c.Ports.TCPConnsPerSource < 1 {
+		errs = append(errs, sec.Errorf("ports", "perNode, udpFlows, tcpConns and tcpConnsPerSource must be at least 1"))
+	}
+	errs = append(errs, sec.CheckDurations(24*time.Hour, map[string]time.Duration{"ports.hold": c.Ports.Hold, "ports.udpIdle": c.Ports.UDPIdle}))
+	if c.Ports.Bind != "" {
+		if _, err := netip.ParseAddr(c.Ports.Bind); err != nil {
+			errs = append(errs, sec.Errorf("ports", fmt.Sprintf("bind %q: want an IP address or empty", c.Ports.Bind)))
+		}
 	}
 	if err := errors.Join(errs...); err != nil {
 		return err
@@ -127,6 +183,9 @@ func (s *ServerService) Start(ctx context.Context, h host.Handle) error {
 		},
 		Admit: admit, MaxStreamsPerNode: c.MaxStreamsPerNode, BytesPerSecond: c.BytesPerSecond,
 		HandshakesPerSecond: c.HandshakesPerSecond, HandshakeBurst: c.HandshakeBurst, Logger: h.Logger(),
+		Ports: PortConfig{Min: pmin, Max: pmax, PerNode: c.Ports.PerNode, Hold: c.Ports.Hold, Bind: c.Ports.Bind,
+			UDPFlows: c.Ports.UDPFlows, UDPIdle: c.Ports.UDPIdle, TCPConns: c.Ports.TCPConns, TCPConnsPerSource: c.Ports.TCPConnsPerSource,
+			Clock: h.Clock(), Leases: NewStoreLeases(store)},
 	})
 	addr, err := srv.Listen(c.Listen)
 	if err != nil {
@@ -148,6 +207,11 @@ func (s *ServerService) Start(ctx context.Context, h host.Handle) error {
 	m.Gauge("tunnels", func() float64 { return float64(srv.Len()) })
 	m.Gauge("tunnels_accepted", func() float64 { return float64(srv.Accepted.Load()) })
 	m.Gauge("handshakes_refused", func() float64 { return float64(srv.Refused.Load()) })
+	if srv.ports != nil {
+		m.Gauge("ports_leased", func() float64 { return float64(len(srv.Leases())) })
+		m.Gauge("ports_granted", func() float64 { return float64(srv.ports.Granted.Load()) })
+		m.Gauge("ports_refused", func() float64 { return float64(srv.ports.Refused.Load()) })
+	}
 	if adv, ok := h.(host.Advertiser); ok {
 		adv.Advertise("listen", addr.String())
 	}
@@ -196,6 +260,13 @@ type ClientServiceConfig struct {
 		Addr          string `yaml:"addr"`
 		ProxyProtocol bool   `yaml:"proxyProtocol"`
 	} `yaml:"services"`
+	// Ports asks each supernode for public ports for services of the
+	// list above: [{service: ssh, proto: tcp}]; proto tcp (default) or
+	// udp. Each supernode grants its own port (metric port{supernode}).
+	Ports []struct {
+		Service string `yaml:"service"`
+		Proto   string `yaml:"proto"`
+	} `yaml:"ports"`
 }
 
 // SupernodeConfig is one supernode's tunnel endpoint and node id.
@@ -263,11 +334,33 @@ func (s *ClientService) Start(_ context.Context, h host.Handle) error {
 		errs = append(errs, sec.CheckHostPort("services", svc.Addr))
 		services[svc.Name] = Local{Addr: svc.Addr, ProxyProtocol: svc.ProxyProtocol}
 	}
+	var ports []PortSpec
+	for _, p := range c.Ports {
+		if p.Proto == "" {
+			p.Proto = "tcp"
+		}
+		proto, err := ParseProto(p.Proto)
+		if err != nil {
+			errs = append(errs, sec.Errorf("ports", err.Error()))
+		}
+		if _, ok := services[p.Service]; !ok {
+			errs = append(errs, sec.Errorf("ports", fmt.Sprintf("service %q is not in services", p.Service)))
+		}
+		spec := PortSpec{Service: p.Service, Proto: proto}
+		if slices.Contains(ports, spec) {
+			errs = append(errs, sec.Errorf("ports", fmt.Sprintf("%s/%s listed twice", p.Service, p.Proto)))
+		}
+		ports = append(ports, spec)
+	}
+	if len(ports) > maxControlPerStream {
+		errs = append(errs, sec.Errorf("ports", fmt.Sprintf("at most %d ports", maxControlPerStream)))
+	}
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
 	for _, t := range targets {
-		cli := NewClient(h.Identity(), ClientConfig{Supernode: t.addr, SupernodeID: t.id, Services: services, Logger: h.Logger()})
+		cli := NewClient(h.Identity(), ClientConfig{Supernode: t.addr, SupernodeID: t.id, Services: services, Logger: h.Logger(),
+			Ports: ports, Clock: h.Clock()})
 		if err := cli.Start(); err != nil {
 			for _, c := range s.clis {
 				c.Close()
@@ -296,6 +389,20 @@ func (s *ClientService) Start(_ context.Context, h host.Handle) error {
 		}
 		return float64(n)
 	})
+	for _, cli := range clis {
+		for _, spec := range ports {
+			// The granted public port at this supernode, 0 until granted
+			// (or when refused).
+			m.Gauge("port", func() float64 {
+				for _, g := range cli.Grants() {
+					if g.Service == spec.Service && g.Proto == spec.Proto {
+						return float64(g.Port)
+					}
+				}
+				return 0
+			}, "service", spec.Service, "proto", spec.Proto.String(), "supernode", cli.cfg.Supernode)
+		}
+	}
 	return nil
 }
 

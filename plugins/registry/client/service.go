@@ -113,11 +113,11 @@ func LoadConfig(h host.Handle) (Config, error) {
 			errs = append(errs, sec.Errorf(field+".name", "empty or listed twice"))
 		}
 		seen[NormalName(n.Name)] = true
-		if err := wire.CheckEndpoint(n.Target); err != nil {
+		if err := wire.CheckTarget(n.Target); err != nil {
 			errs = append(errs, sec.Errorf(field+".target", err.Error()))
 		}
 		if n.HTTP != "" {
-			if err := wire.CheckEndpoint(n.HTTP); err != nil {
+			if err := wire.CheckTarget(n.HTTP); err != nil {
 				errs = append(errs, sec.Errorf(field+".http", err.Error()))
 			}
 		}
