@@ -662,6 +662,19 @@ func (s *Server) sweep(now time.Time) {
 	}
 }
 
+// SessionBytes reports the bytes forwarded in session sid so far.
+func (s *Server) SessionBytes(sid SessionID) (uint64, bool) {
+	s.mu.RLock()
+	sess := s.sessions[sid]
+	s.mu.RUnlock()
+	if sess == nil {
+		return 0, false
+	}
+	sess.mu.Lock()
+	defer sess.mu.Unlock()
+	return sess.bytes, true
+}
+
 // Counts reports the relay's control connections, reservations and
 // sessions (accepted and pending).
 func (s *Server) Counts() (peers, reservations, sessions int) {
