@@ -15,6 +15,7 @@ import (
 	"github.com/elacity/pc2/plugins/registry"
 	"github.com/elacity/pc2/plugins/registry/client"
 	"github.com/elacity/pc2/plugins/registry/dhtpub"
+	"github.com/elacity/pc2/relay/circuit"
 	"github.com/elacity/pc2/relay/tunnel"
 )
 
@@ -34,9 +35,11 @@ var roleSupernode = role{
 config file: state in a temporary directory, free loopback ports. It runs a
 bootstrap DHT node (section dht), the name registry API (registry) whose
 names it announces in the DHT (dhtpub), authoritative DNS (dns), plain HTTP
-routed by Host (http), QUIC tunnels for nodes behind NAT (tunnel, UDP :8090)
-and TLS passthrough routed by SNI (sni); a name whose owner holds a tunnel
-here is served over the tunnel.`,
+routed by Host (http), QUIC tunnels for nodes behind NAT (tunnel, UDP :8090),
+a relay for peers that cannot connect directly (relay, UDP :39003; it
+forwards the packets of their end-to-end QUIC connection under quotas) and
+TLS passthrough routed by SNI (sni); a name whose owner holds a tunnel here
+is served over the tunnel.`,
 	services: func() []host.Service {
 		dht := dhtnode.NewService()
 		pub := dhtpub.New(dht)
@@ -47,7 +50,7 @@ here is served over the tunnel.`,
 		sni.Tunnels = tun // names of nodes with a tunnel here go over it
 		// Start order matters: the DHT before the publisher, the registry
 		// before DNS, which reads its zones at start.
-		return []host.Service{dht, pub, reg, dns.New(reg), httproute.New(reg), tun, sni}
+		return []host.Service{dht, pub, reg, dns.New(reg), httproute.New(reg), tun, circuit.NewService(reg, true), sni}
 	},
 }
 
@@ -59,8 +62,12 @@ nodes directly. With --dev it starts with no config file. It keeps the names
 of its "names" section registered at a supernode and renews them, and keeps
 a QUIC tunnel to the supernode of its "tunnel-client" section (supernode,
 supernodeID, services: [{name: https, addr: 127.0.0.1:4200}]), so its names
-are served through the supernode even behind NAT.`,
-	services: func() []host.Service { return []host.Service{client.NewService(), tunnel.NewClientService()} },
+are served through the supernode even behind NAT. With "relay: {enabled:
+true}" (and a public address or port mapping) it also relays for other
+peers (Level 3), under the quotas of that section.`,
+	services: func() []host.Service {
+		return []host.Service{client.NewService(), tunnel.NewClientService(), circuit.NewService(nil, false)}
+	},
 }
 
 func nodeCommand(r role) *command {
