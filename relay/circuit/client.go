@@ -30,13 +30,25 @@ var (
 type Addr struct {
 	Relay   netip.AddrPort
 	Session SessionID
+	str     string // cached: quic-go compares addresses by String per packet
+}
+
+func newAddr(relay netip.AddrPort, sid SessionID) *Addr {
+	a := &Addr{Relay: relay, Session: sid}
+	a.str = a.String()
+	return a
 }
 
 // Network implements net.Addr.
 func (a *Addr) Network() string { return "pc2-relay" }
 
 // String implements net.Addr; it is unique per session.
-func (a *Addr) String() string { return a.Relay.String() + "/" + a.Session.String() }
+func (a *Addr) String() string {
+	if a.str != "" {
+		return a.str
+	}
+	return a.Relay.String() + "/" + a.Session.String()
+}
 
 // ClientConfig tunes a Client.
 type ClientConfig struct {
@@ -59,6 +71,7 @@ type SessionInfo struct {
 }
 
 type clientSession struct {
+	addr   *Addr
 	peer   identity.ID
 	limits Limits
 	done   chan struct{}
@@ -209,9 +222,10 @@ func (c *Client) Connect(ctx context.Context, peer identity.ID) (*Addr, error) {
 		return nil, fmt.Errorf("%w: answer %s to connect", ErrBadMsg, r.Type)
 	}
 	c.mu.Lock()
-	c.sess[r.Session] = &clientSession{peer: peer, limits: r.Limits, done: make(chan struct{})}
+	a := newAddr(c.relay, r.Session)
+	c.sess[r.Session] = &clientSession{addr: a, peer: peer, limits: r.Limits, done: make(chan struct{})}
 	c.mu.Unlock()
-	return &Addr{Relay: c.relay, Session: r.Session}, nil
+	return a, nil
 }
 
 // Session describes the session of a, if this client has it.
@@ -256,7 +270,7 @@ func (c *Client) serveRelay() {
 					return
 				}
 				c.mu.Lock()
-				c.sess[m.Session] = &clientSession{peer: m.Peer, limits: m.Limits, done: make(chan struct{})}
+				c.sess[m.Session] = &clientSession{addr: newAddr(c.relay, m.Session), peer: m.Peer, limits: m.Limits, done: make(chan struct{})}
 				c.mu.Unlock()
 				_ = WriteMsg(st, &Msg{Type: MsgAccept, Session: m.Session})
 			case MsgClosed:
@@ -312,7 +326,7 @@ func (c *Client) Handle(pkt []byte, from netip.AddrPort) {
 	if !open {
 		return
 	}
-	c.pc.deliver(sid, payload)
+	c.pc.deliver(s.addr, payload)
 }
 
 // send wraps payload for session sid and sends it to the relay.
@@ -348,8 +362,8 @@ func (c *Client) Close() error {
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, MaxPacket+HeaderLen); return &b }}
 
 type inPacket struct {
-	buf *[]byte
-	sid SessionID
+	buf  *[]byte
+	addr *Addr
 }
 
 // PacketConn carries the packets of relayed sessions: ReadFrom returns
@@ -361,21 +375,19 @@ type PacketConn struct {
 	in     chan inPacket
 	closed chan struct{}
 	once   sync.Once
-	dlMu   sync.Mutex
-	dl     time.Time
-	dlCh   chan struct{} // closed when dl passes; replaced on SetReadDeadline
-	timer  *time.Timer
+	dl     deadline
+	local  *Addr
 }
 
 func newPacketConn(c *Client, queue int) *PacketConn {
-	return &PacketConn{c: c, in: make(chan inPacket, queue), closed: make(chan struct{}), dlCh: make(chan struct{})}
+	return &PacketConn{c: c, in: make(chan inPacket, queue), closed: make(chan struct{}), dl: newDeadline(), local: newAddr(c.relay, SessionID{})}
 }
 
-func (p *PacketConn) deliver(sid SessionID, payload []byte) {
+func (p *PacketConn) deliver(addr *Addr, payload []byte) {
 	bp := bufPool.Get().(*[]byte)
 	*bp = append((*bp)[:0], payload...)
 	select {
-	case p.in <- inPacket{buf: bp, sid: sid}:
+	case p.in <- inPacket{buf: bp, addr: addr}:
 	default:
 		bufPool.Put(bp)
 	}
@@ -383,17 +395,14 @@ func (p *PacketConn) deliver(sid SessionID, payload []byte) {
 
 // ReadFrom implements net.PacketConn.
 func (p *PacketConn) ReadFrom(b []byte) (int, net.Addr, error) {
-	p.dlMu.Lock()
-	dlCh := p.dlCh
-	p.dlMu.Unlock()
 	select {
 	case pk := <-p.in:
 		n := copy(b, *pk.buf)
 		bufPool.Put(pk.buf)
-		return n, &Addr{Relay: p.c.relay, Session: pk.sid}, nil
+		return n, pk.addr, nil
 	case <-p.closed:
 		return 0, nil, net.ErrClosed
-	case <-dlCh:
+	case <-p.dl.wait():
 		return 0, nil, os.ErrDeadlineExceeded
 	}
 }
@@ -425,7 +434,7 @@ func (p *PacketConn) Close() error {
 }
 
 // LocalAddr implements net.PacketConn: the relay, session unset.
-func (p *PacketConn) LocalAddr() net.Addr { return &Addr{Relay: p.c.relay} }
+func (p *PacketConn) LocalAddr() net.Addr { return p.local }
 
 // SetDeadline implements net.PacketConn (reads only: writes never block).
 func (p *PacketConn) SetDeadline(t time.Time) error { return p.SetReadDeadline(t) }
@@ -434,41 +443,7 @@ func (p *PacketConn) SetDeadline(t time.Time) error { return p.SetReadDeadline(t
 func (p *PacketConn) SetWriteDeadline(time.Time) error { return nil }
 
 // SetReadDeadline implements net.PacketConn.
-func (p *PacketConn) SetReadDeadline(t time.Time) error {
-	p.dlMu.Lock()
-	defer p.dlMu.Unlock()
-	if p.timer != nil {
-		p.timer.Stop()
-		p.timer = nil
-	}
-	select {
-	case <-p.dlCh: // passed: a fresh channel
-		p.dlCh = make(chan struct{})
-	default:
-	}
-	p.dl = t
-	if t.IsZero() {
-		return nil
-	}
-	d := time.Until(t)
-	if d <= 0 {
-		close(p.dlCh)
-		return nil
-	}
-	ch := p.dlCh
-	p.timer = time.AfterFunc(d, func() {
-		p.dlMu.Lock()
-		defer p.dlMu.Unlock()
-		if p.dlCh == ch {
-			select {
-			case <-ch:
-			default:
-				close(ch)
-			}
-		}
-	})
-	return nil
-}
+func (p *PacketConn) SetReadDeadline(t time.Time) error { return p.dl.set(t) }
 
 // SetReadBuffer and SetWriteBuffer let quic-go size buffers without a
 // warning; the queue is bounded by QueueLen instead.

@@ -30,7 +30,13 @@ type sharedSocket struct {
 	done    chan struct{}
 }
 
-func newSharedSocket(t testing.TB) *sharedSocket {
+func newSharedSocket(t testing.TB) *sharedSocket { return newSharedSocketMode(t, false) }
+
+// newSharedSocketMode builds the socket either as udpmux does today
+// (quic-go's ReadNonQUICPacket, which queues 32 packets and drops the
+// rest) or, with own, with the relay's demux (the read loop hands non-QUIC
+// packets over inline and queues QUIC ones for quic-go).
+func newSharedSocketMode(t testing.TB, own bool) *sharedSocket {
 	t.Helper()
 	udp, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
@@ -38,20 +44,34 @@ func newSharedSocket(t testing.TB) *sharedSocket {
 	}
 	_ = udp.SetReadBuffer(4 << 20)
 	_ = udp.SetWriteBuffer(4 << 20)
-	s := &sharedSocket{udp: udp, tr: &quic.Transport{Conn: udp}, done: make(chan struct{})}
-	go func() {
-		defer close(s.done)
-		buf := make([]byte, 2048)
-		for {
-			n, from, err := s.tr.ReadNonQUICPacket(context.Background(), buf)
-			if err != nil {
-				return
-			}
-			if h := s.handler.Load(); h != nil {
-				(*h)(buf[:n], from.(*net.UDPAddr).AddrPort())
-			}
+	s := &sharedSocket{udp: udp, done: make(chan struct{})}
+	dispatch := func(pkt []byte, from netip.AddrPort) {
+		if h := s.handler.Load(); h != nil {
+			(*h)(pkt, from)
 		}
-	}()
+	}
+	if own {
+		pc, run, done := circuit.NewSocketDemux(udp, dispatch)
+		s.tr = &quic.Transport{Conn: pc}
+		go func() {
+			run()
+			<-done
+			close(s.done)
+		}()
+	} else {
+		s.tr = &quic.Transport{Conn: udp}
+		go func() {
+			defer close(s.done)
+			buf := make([]byte, 2048)
+			for {
+				n, from, err := s.tr.ReadNonQUICPacket(context.Background(), buf)
+				if err != nil {
+					return
+				}
+				dispatch(buf[:n], from.(*net.UDPAddr).AddrPort())
+			}
+		}()
+	}
 	t.Cleanup(func() {
 		s.tr.Close()
 		udp.Close()
@@ -64,10 +84,10 @@ func (s *sharedSocket) addr() netip.AddrPort { return s.udp.LocalAddr().(*net.UD
 
 func (s *sharedSocket) setHandler(h func([]byte, netip.AddrPort)) { s.handler.Store(&h) }
 
-// WriteTo implements circuit.PacketWriter the way udpmux does: through the
-// quic.Transport, so QUIC and raw packets leave from one socket.
+// WriteTo implements circuit.PacketWriter: raw packets leave from the
+// socket that carries QUIC, as udpmux's WriteTo does.
 func (s *sharedSocket) WriteTo(b []byte, addr netip.AddrPort) error {
-	_, err := s.tr.WriteTo(b, net.UDPAddrFromAddrPort(addr))
+	_, err := s.udp.WriteToUDPAddrPort(b, addr)
 	return err
 }
 
@@ -101,6 +121,7 @@ func (t *tap) contains(marker []byte) (found bool, packets, total int) {
 type testRelay struct {
 	srv  *circuit.Server
 	kp   *identity.KeyPair
+	addr netip.AddrPort
 	sock *sharedSocket
 	tap  *tap
 	recv *tap // every datagram the relay received that was not QUIC
@@ -112,7 +133,7 @@ func startRelay(t testing.TB, cfg circuit.Config) *testRelay {
 	t.Helper()
 	kp := newKey(t)
 	sock := newSharedSocket(t)
-	r := &testRelay{kp: kp, sock: sock, tap: &tap{w: sock}, recv: &tap{}}
+	r := &testRelay{kp: kp, sock: sock, addr: sock.addr(), tap: &tap{w: sock}, recv: &tap{}}
 	r.srv = circuit.NewServer(kp, cfg)
 	if err := r.srv.Start(sock.tr, r.tap); err != nil {
 		t.Fatal(err)
@@ -155,10 +176,14 @@ func newPeer(t testing.TB, r *testRelay, cfg circuit.ClientConfig) *peer {
 
 func dialPeer(t testing.TB, r *testRelay, kp *identity.KeyPair, cfg circuit.ClientConfig) (*peer, error) {
 	t.Helper()
-	sock := newSharedSocket(t)
+	return dialPeerOn(t, r, kp, cfg, newSharedSocket(t))
+}
+
+func dialPeerOn(t testing.TB, r *testRelay, kp *identity.KeyPair, cfg circuit.ClientConfig, sock *sharedSocket) (*peer, error) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	cli, err := circuit.Dial(ctx, sock.tr, sock, kp, r.sock.addr(), r.kp.ID(), cfg)
+	cli, err := circuit.Dial(ctx, sock.tr, sock, kp, r.addr, r.kp.ID(), cfg)
 	if err != nil {
 		return nil, err
 	}

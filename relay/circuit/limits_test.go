@@ -110,7 +110,7 @@ func TestByteQuotaCut(t *testing.T) {
 	// The greedy session's packets are no longer forwarded.
 	before := r.srv.Stats.Unknown.Load()
 	addr := gconn.RemoteAddr().(*circuit.Addr)
-	if err := greedy.sock.WriteTo(circuit.AppendData(nil, addr.Session, []byte("more")), r.sock.addr()); err != nil {
+	if err := greedy.sock.WriteTo(circuit.AppendData(nil, addr.Session, []byte("more")), r.addr); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, 5*time.Second, "the cut session's packet to be dropped as unknown", func() bool {
@@ -289,7 +289,7 @@ func TestSpoofedSource(t *testing.T) {
 
 	// A third socket sends into the session.
 	mallory := newSharedSocket(t)
-	if err := mallory.WriteTo(circuit.AppendData(nil, addr.Session, []byte("spoof")), r.sock.addr()); err != nil {
+	if err := mallory.WriteTo(circuit.AppendData(nil, addr.Session, []byte("spoof")), r.addr); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, 5*time.Second, "the spoofed packet to be dropped", func() bool { return r.srv.Stats.Spoofed.Load() == 1 })
@@ -305,8 +305,8 @@ func TestSpoofedSource(t *testing.T) {
 	// Unknown sessions and non-data packets are counted, not forwarded.
 	var unknown circuit.SessionID
 	unknown[0] = 1
-	_ = mallory.WriteTo(circuit.AppendData(nil, unknown, []byte("x")), r.sock.addr())
-	_ = mallory.WriteTo([]byte{circuit.TypeData, 1, 2}, r.sock.addr())
+	_ = mallory.WriteTo(circuit.AppendData(nil, unknown, []byte("x")), r.addr)
+	_ = mallory.WriteTo([]byte{circuit.TypeData, 1, 2}, r.addr)
 	waitFor(t, 5*time.Second, "unknown and malformed counts", func() bool {
 		return r.srv.Stats.Unknown.Load() == 1 && r.srv.Stats.Malformed.Load() == 1
 	})

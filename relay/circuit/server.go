@@ -135,6 +135,7 @@ type Server struct {
 	nReserved int
 	w         PacketWriter
 	udp       *net.UDPConn // when Listen opened the socket
+	demux     *demux
 	tr        *quic.Transport
 	ln        *quic.Listener
 	done      chan struct{}
@@ -202,16 +203,16 @@ func (s *Server) Listen(addr string) (netip.AddrPort, error) {
 	if err != nil {
 		return netip.AddrPort{}, fmt.Errorf("relay listen %s: %w", addr, err)
 	}
-	_ = udp.SetReadBuffer(4 << 20)
-	_ = udp.SetWriteBuffer(4 << 20)
-	tr := &quic.Transport{Conn: udp, StatelessResetKey: quicid.StatelessResetKey(s.kp)}
-	s.udp = udp
+	_ = udp.SetReadBuffer(8 << 20)
+	_ = udp.SetWriteBuffer(8 << 20)
+	d := newDemux(udp, s.Handle)
+	tr := &quic.Transport{Conn: d, StatelessResetKey: quicid.StatelessResetKey(s.kp)}
+	s.udp, s.demux = udp, d
 	if err := s.Start(tr, udpWriter{udp}); err != nil {
 		udp.Close()
 		return netip.AddrPort{}, err
 	}
-	s.wg.Add(1)
-	go s.readLoop(tr)
+	go d.run()
 	return udp.LocalAddr().(*net.UDPAddr).AddrPort(), nil
 }
 
@@ -248,22 +249,6 @@ func (s *Server) Start(tr *quic.Transport, w PacketWriter) error {
 	go s.acceptLoop()
 	go s.janitor()
 	return nil
-}
-
-func (s *Server) readLoop(tr *quic.Transport) {
-	defer s.wg.Done()
-	buf := make([]byte, MaxPacket+1)
-	for {
-		n, from, err := tr.ReadNonQUICPacket(context.Background(), buf)
-		if err != nil {
-			return
-		}
-		ua, ok := from.(*net.UDPAddr)
-		if !ok {
-			continue
-		}
-		s.Handle(buf[:n], ua.AddrPort())
-	}
 }
 
 func (s *Server) admit(id identity.ID) error {
@@ -702,6 +687,7 @@ func (s *Server) Close() error {
 		if s.udp != nil {
 			s.tr.Close()
 			s.udp.Close()
+			<-s.demux.done
 		}
 	})
 	s.wg.Wait()
