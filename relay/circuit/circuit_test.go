@@ -172,3 +172,49 @@ func TestConnectUnreserved(t *testing.T) {
 		t.Fatalf("%d sessions left after refusals", n)
 	}
 }
+
+// TestRelease: a peer releases its session; the relay forgets it and the
+// other peer is told.
+func TestRelease(t *testing.T) {
+	r := startRelay(t, circuit.Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	a := newPeer(t, r, circuit.ClientConfig{})
+	b := newPeer(t, r, circuit.ClientConfig{})
+	if _, err := b.cli.Reserve(ctx); err != nil {
+		t.Fatal(err)
+	}
+	addr, err := a.cli.Connect(ctx, b.kp.ID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, n := r.srv.Counts(); n != 1 {
+		t.Fatalf("%d sessions, want 1", n)
+	}
+	bAddr := &circuit.Addr{Relay: addr.Relay, Session: addr.Session}
+	info, ok := b.cli.Session(bAddr)
+	if !ok {
+		t.Fatal("target has no session info")
+	}
+	if err := a.cli.Release(ctx, addr); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-info.Done:
+	case <-ctx.Done():
+		t.Fatal("target not told of the release")
+	}
+	if info, _ := b.cli.Session(bAddr); info.Reason != circuit.ReasonReleased {
+		t.Fatalf("target sees %v", info.Reason)
+	}
+	if _, _, n := r.srv.Counts(); n != 0 {
+		t.Fatalf("%d sessions after release", n)
+	}
+	if _, err := a.cli.PacketConn().WriteTo([]byte("x"), addr); !errors.Is(err, circuit.ErrSessionClosed) {
+		t.Fatalf("write on a released session: %v", err)
+	}
+	var re *circuit.RemoteError
+	if err := b.cli.Release(ctx, bAddr); !errors.As(err, &re) {
+		t.Fatalf("second release: %v, want a refusal", err)
+	}
+}

@@ -228,6 +228,23 @@ func (c *Client) Connect(ctx context.Context, peer identity.ID) (*Addr, error) {
 	return a, nil
 }
 
+// Release ends the session of a at the relay (both peers are told); an
+// ended session is released by itself after the relay's idle timeout.
+func (c *Client) Release(ctx context.Context, a *Addr) error {
+	if a.Relay != c.relay {
+		return ErrNotRelayAddr
+	}
+	r, err := c.request(ctx, &Msg{Type: MsgClosed, Session: a.Session})
+	if err != nil {
+		return err
+	}
+	if r.Type != MsgClosed || r.Session != a.Session {
+		return fmt.Errorf("%w: answer %s to release", ErrBadMsg, r.Type)
+	}
+	c.end(a.Session, ReasonReleased)
+	return nil
+}
+
 // Session describes the session of a, if this client has it.
 func (c *Client) Session(a net.Addr) (SessionInfo, bool) {
 	ra, ok := a.(*Addr)

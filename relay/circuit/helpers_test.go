@@ -38,7 +38,12 @@ func newSharedSocket(t testing.TB) *sharedSocket { return newSharedSocketMode(t,
 // packets over inline and queues QUIC ones for quic-go).
 func newSharedSocketMode(t testing.TB, own bool) *sharedSocket {
 	t.Helper()
-	udp, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	return newSharedSocketAt(t, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}, own)
+}
+
+func newSharedSocketAt(t testing.TB, at *net.UDPAddr, own bool) *sharedSocket {
+	t.Helper()
+	udp, err := net.ListenUDP("udp4", at)
 	if err != nil {
 		t.Fatal(err)
 	}

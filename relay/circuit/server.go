@@ -350,6 +350,8 @@ func (s *Server) serveRequest(ctx context.Context, p *peer, st *quic.Stream) {
 		reply = s.reserve(p)
 	case MsgConnect:
 		reply = s.connect(ctx, p, m.Peer)
+	case MsgClosed:
+		reply = s.release(p, m.Session)
 	default:
 		reply = errMsg(CodeBadRequest, "unexpected "+m.Type.String())
 	}
@@ -430,6 +432,18 @@ func (s *Server) connect(ctx context.Context, p *peer, target identity.ID) *Msg 
 	s.mu.Unlock()
 	s.log.Debug("relay session", "session", sid, "from", p.id, "to", t.id)
 	return &Msg{Type: MsgConnected, Session: sid, Peer: target, Limits: s.cfg.Session}
+}
+
+// release ends one of p's sessions at its request.
+func (s *Server) release(p *peer, sid SessionID) *Msg {
+	s.mu.RLock()
+	sess := p.sessions[sid]
+	s.mu.RUnlock()
+	if sess == nil {
+		return errMsg(CodeBadRequest, "no such session of yours")
+	}
+	s.removeSession(sess, ReasonReleased, true)
+	return &Msg{Type: MsgClosed, Session: sid, Reason: ReasonReleased}
 }
 
 // askTarget tells t about the new session and waits for its Accept.

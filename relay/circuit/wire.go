@@ -77,8 +77,9 @@ func ParseData(pkt []byte) (SessionID, []byte, error) {
 type MsgType uint8
 
 // Control messages. Client → relay: Reserve, Connect, Accept (answering
-// Incoming). Relay → client: Reserved, Connected, Incoming, Closed. Error
-// answers any request.
+// Incoming), Closed (releasing a session; the relay answers Closed).
+// Relay → client: Reserved, Connected, Incoming, Closed. Error answers any
+// request.
 const (
 	MsgReserve   MsgType = 1 // become reachable through the relay, or refresh
 	MsgReserved  MsgType = 2 // TTL, Limits
@@ -123,6 +124,7 @@ const (
 	ReasonIdle     Reason = 3 // no packet for the idle timeout
 	ReasonPeerGone Reason = 4 // one peer's control connection ended
 	ReasonShutdown Reason = 5 // the relay is stopping
+	ReasonReleased Reason = 6 // one peer released it
 )
 
 func (r Reason) String() string {
@@ -139,6 +141,8 @@ func (r Reason) String() string {
 		return "peer gone"
 	case ReasonShutdown:
 		return "relay shutting down"
+	case ReasonReleased:
+		return "released by a peer"
 	}
 	return fmt.Sprintf("reason(%d)", uint8(r))
 }
