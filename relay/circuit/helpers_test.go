@@ -137,7 +137,7 @@ type testRelay struct {
 func startRelay(t testing.TB, cfg circuit.Config) *testRelay {
 	t.Helper()
 	kp := newKey(t)
-	sock := newSharedSocket(t)
+	sock := newSharedSocketMode(t, true) // the relay's own socket loop, as Listen runs it
 	r := &testRelay{kp: kp, sock: sock, addr: sock.addr(), tap: &tap{w: sock}, recv: &tap{}}
 	r.srv = circuit.NewServer(kp, cfg)
 	if err := r.srv.Start(sock.tr, r.tap); err != nil {

@@ -314,3 +314,66 @@ func TestSpoofedSource(t *testing.T) {
 		t.Fatalf("forwarded %d packets, want 2", r.srv.Stats.Forwarded.Load())
 	}
 }
+
+// TestPeerBandwidth: one peer's rate is shared by all its sessions; its
+// excess is dropped while another peer's packets to the same target all
+// pass.
+func TestPeerBandwidth(t *testing.T) {
+	const rate = 100 << 10 // burst = max(rate, 64 KiB)
+	r := startRelay(t, circuit.Config{PeerBytesPerSecond: rate})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	b1, b2 := newPeer(t, r, circuit.ClientConfig{}), newPeer(t, r, circuit.ClientConfig{})
+	for _, b := range []*peer{b1, b2} {
+		if _, err := b.cli.Reserve(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	greedy, polite := newPeer(t, r, circuit.ClientConfig{}), newPeer(t, r, circuit.ClientConfig{})
+	created := time.Now()
+	g1, err := greedy.cli.Connect(ctx, b1.kp.ID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	g2, err := greedy.cli.Connect(ctx, b2.kp.ID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	p1, err := polite.cli.Connect(ctx, b1.kp.ID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pkt := make([]byte, 1000)
+	const n = 200 // 200 KB per session, 400 KB in all: far over 100 KB + 100 KB/s · t
+	for i := range n {
+		for _, a := range []*circuit.Addr{g1, g2} {
+			if _, err := greedy.cli.PacketConn().WriteTo(pkt, a); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if i%10 == 0 {
+			if _, err := polite.cli.PacketConn().WriteTo(pkt[:100], p1); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	waitFor(t, 10*time.Second, "every packet to be handled", func() bool {
+		st := &r.srv.Stats
+		return st.Forwarded.Load()+st.RateDropped.Load() == 2*n+n/10
+	})
+	elapsed := time.Since(created)
+	g1b, _ := r.srv.SessionBytes(g1.Session)
+	g2b, _ := r.srv.SessionBytes(g2.Session)
+	p1b, _ := r.srv.SessionBytes(p1.Session)
+	limit := uint64(rate*elapsed.Seconds()) + rate
+	t.Logf("greedy forwarded %d+%d bytes (limit %d), polite %d", g1b, g2b, limit, p1b)
+	if g1b+g2b > limit {
+		t.Fatalf("greedy peer got %d bytes through at %d B/s in %v", g1b+g2b, rate, elapsed)
+	}
+	if r.srv.Stats.RateDropped.Load() == 0 {
+		t.Fatal("nothing dropped")
+	}
+	if want := uint64(n/10) * (100 + circuit.HeaderLen); p1b != want {
+		t.Fatalf("polite peer's session forwarded %d bytes, want all %d", p1b, want)
+	}
+}

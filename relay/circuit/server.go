@@ -580,7 +580,8 @@ func (s *Server) Handle(pkt []byte, from netip.AddrPort) {
 		sess.mu.Unlock()
 		s.cut(sess, ReasonBytes)
 		return
-	case sess.rate != nil && !sess.rate.take(float64(n), now):
+	case sess.rate != nil && !sess.rate.take(float64(n), now),
+		sender.rate != nil && !sender.rate.take(float64(n), now):
 		sess.mu.Unlock()
 		s.Stats.RateDropped.Add(1)
 		return
@@ -588,10 +589,6 @@ func (s *Server) Handle(pkt []byte, from netip.AddrPort) {
 	sess.bytes += n
 	sess.last = now
 	sess.mu.Unlock()
-	if sender.rate != nil && !sender.rate.take(float64(n), now) {
-		s.Stats.RateDropped.Add(1)
-		return
-	}
 	if err := s.w.WriteTo(pkt, to); err != nil {
 		return
 	}
