@@ -189,8 +189,8 @@ func (c *Client) Reserve(ctx context.Context) (Reservation, error) {
 
 func (c *Client) refresh(ttl time.Duration) {
 	defer c.wg.Done()
+	wait := max(ttl/2, 100*time.Millisecond)
 	for {
-		wait := max(ttl/2, 100*time.Millisecond)
 		select {
 		case <-c.stop:
 			return
@@ -203,10 +203,10 @@ func (c *Client) refresh(ttl time.Duration) {
 		cancel()
 		if err != nil {
 			c.log.Warn("relay reservation refresh failed", "relay", c.relay, "err", err)
-			wait = time.Second
+			wait = time.Second // retry soon: the reservation may be about to lapse
 			continue
 		}
-		ttl = r.TTL
+		wait = max(r.TTL/2, 100*time.Millisecond)
 	}
 }
 

@@ -377,3 +377,18 @@ func TestPeerBandwidth(t *testing.T) {
 		t.Fatalf("polite peer's session forwarded %d bytes, want all %d", p1b, want)
 	}
 }
+
+// TestHandshakeRateLimit: new control connections from one source IP
+// beyond the per-IP rate are refused on the ClientHello.
+func TestHandshakeRateLimit(t *testing.T) {
+	r := startRelay(t, circuit.Config{HandshakesPerIP: 0.001}) // burst max(1, 2·rate) = 1
+	if _, err := dialPeer(t, r, newKey(t), circuit.ClientConfig{}); err != nil {
+		t.Fatalf("first control connection: %v", err)
+	}
+	if _, err := dialPeer(t, r, newKey(t), circuit.ClientConfig{}); err == nil {
+		t.Fatal("second control connection from the same IP admitted")
+	}
+	if r.srv.Stats.Refused.Load() == 0 {
+		t.Fatal("refusal not counted")
+	}
+}
