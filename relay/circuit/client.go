@@ -58,6 +58,13 @@ type ClientConfig struct {
 	// QueueLen bounds received packets waiting for ReadFrom (512); more
 	// are dropped, as a full socket buffer would.
 	QueueLen int
+	// OnPacket, when set, receives every relayed packet instead of
+	// PacketConn (payload is valid only during the call): for a node that
+	// runs one quic.Transport over a PacketConn of its own carrying both its
+	// direct and its relayed packets, so that a connection can move between
+	// the two (quic-go migrates a connection only within its transport).
+	// It runs on the caller of Handle and must not block.
+	OnPacket func(from *Addr, payload []byte)
 	Logger   *slog.Logger
 }
 
@@ -343,7 +350,23 @@ func (c *Client) Handle(pkt []byte, from netip.AddrPort) {
 	if !open {
 		return
 	}
+	if c.cfg.OnPacket != nil {
+		c.cfg.OnPacket(s.addr, payload)
+		return
+	}
 	c.pc.deliver(s.addr, payload)
+}
+
+// Send sends payload to the peer of session a through the relay (what
+// PacketConn.WriteTo does).
+func (c *Client) Send(a *Addr, payload []byte) error {
+	if a.Relay != c.relay {
+		return fmt.Errorf("%w: %v", ErrNotRelayAddr, a)
+	}
+	if len(payload) > MaxPayload {
+		return fmt.Errorf("circuit: %d-byte packet exceeds %d", len(payload), MaxPayload)
+	}
+	return c.send(a.Session, payload)
 }
 
 // send wraps payload for session sid and sends it to the relay.
