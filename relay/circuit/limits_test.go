@@ -392,3 +392,35 @@ func TestHandshakeRateLimit(t *testing.T) {
 		t.Fatal("refusal not counted")
 	}
 }
+
+// TestIdleSession: a session that forwards nothing for the idle timeout
+// ends (both peers told) and frees its slots.
+func TestIdleSession(t *testing.T) {
+	r := startRelay(t, circuit.Config{IdleTimeout: 300 * time.Millisecond})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	a, b := newPeer(t, r, circuit.ClientConfig{}), newPeer(t, r, circuit.ClientConfig{})
+	if _, err := b.cli.Reserve(ctx); err != nil {
+		t.Fatal(err)
+	}
+	addr, err := a.cli.Connect(ctx, b.kp.ID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	info, _ := a.cli.Session(addr)
+	select {
+	case <-info.Done:
+	case <-ctx.Done():
+		t.Fatal("idle session not ended")
+	}
+	if el := time.Since(start); el < 300*time.Millisecond {
+		t.Fatalf("ended after %v, before the idle timeout", el)
+	}
+	if info, _ := a.cli.Session(addr); info.Reason != circuit.ReasonIdle {
+		t.Fatalf("ended for %v", info.Reason)
+	}
+	if _, _, n := r.srv.Counts(); n != 0 {
+		t.Fatalf("%d sessions left", n)
+	}
+}
