@@ -42,4 +42,20 @@
 // A session over its bytes or duration is cut (both peers are told why);
 // over its rate its packets are dropped (QUIC's congestion control backs
 // off). Nothing else about one session touches another.
+//
+// Server.Listen owns its UDP socket and forwards data packets on its read
+// loop, handing only QUIC packets to quic-go: quic-go's own non-QUIC queue
+// holds 32 packets and dropped half of a QUIC burst (see relay/README.md).
+// On a node's shared socket the relay plugs into transport/udpmux instead:
+//
+//	srv.Start(mux.Transport(), mux)
+//	mux.Handle(udpmux.FirstByte(circuit.TypeData, circuit.TypeData), srv.Handle)
+//
+// and a peer likewise: circuit.Dial(ctx, mux.Transport(), mux, ...), then
+// mux.Handle(..., client.Handle).
+//
+// The wire formats are hand-written: a fixed 9-byte header on the hot path,
+// and eight fixed-layout control messages that parse only in their one
+// canonical encoding (round trip fuzzed); a CBOR library would add
+// allocations and non-canonical encodings for nothing.
 package circuit
