@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net/netip"
 	"testing"
 	"time"
 
@@ -216,5 +217,37 @@ func TestRelease(t *testing.T) {
 	var re *circuit.RemoteError
 	if err := b.cli.Release(ctx, bAddr); !errors.As(err, &re) {
 		t.Fatalf("second release: %v, want a refusal", err)
+	}
+}
+
+// TestDualStackListen: a relay on a wildcard (dual-stack) socket sees IPv4
+// peers as v4-mapped addresses; binding and forwarding still match them.
+func TestDualStackListen(t *testing.T) {
+	kp := newKey(t)
+	srv := circuit.NewServer(kp, circuit.Config{})
+	ap, err := srv.Listen(":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	r := &testRelay{srv: srv, kp: kp, addr: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), ap.Port())}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	a, b := newPeer(t, r, circuit.ClientConfig{}), newPeer(t, r, circuit.ClientConfig{})
+	if _, err := b.cli.Reserve(ctx); err != nil {
+		t.Fatal(err)
+	}
+	addr, err := a.cli.Connect(ctx, b.kp.ID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.cli.PacketConn().WriteTo([]byte("v4 via v6"), addr); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 64)
+	_ = b.cli.PacketConn().SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, _, err := b.cli.PacketConn().ReadFrom(buf)
+	if err != nil || string(buf[:n]) != "v4 via v6" {
+		t.Fatalf("read %q, %v (spoofed %d, unknown %d)", buf[:n], err, srv.Stats.Spoofed.Load(), srv.Stats.Unknown.Load())
 	}
 }
