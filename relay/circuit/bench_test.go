@@ -2,6 +2,7 @@ package circuit_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -71,8 +72,17 @@ func BenchmarkForwardHandle(b *testing.B) {
 // socket through a relay on its own UDP port (as the service runs it) to
 // peer B's socket, on loopback; it reports delivered packets/s and loss.
 func BenchmarkForwardLoopback(b *testing.B) {
+	for _, batch := range []bool{true, false} {
+		b.Run(fmt.Sprintf("batch=%v", batch), func(b *testing.B) { benchForwardLoopback(b, batch) })
+	}
+}
+
+func benchForwardLoopback(b *testing.B, batch bool) {
 	kp := newKey(b)
 	srv := circuit.NewServer(kp, circuit.Config{})
+	if !batch {
+		circuit.NoBatch(srv)
+	}
 	relayAddr, err := srv.Listen("127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)

@@ -12,3 +12,7 @@ func NewSocketDemux(udp *net.UDPConn, handle func([]byte, netip.AddrPort)) (pc n
 	d := newDemux(udp, handle)
 	return d, d.run, d.done
 }
+
+// NoBatch makes Listen read and forward one datagram per syscall (for the
+// batching benchmark's baseline).
+func NoBatch(s *Server) { s.noBatch = true }

@@ -136,6 +136,7 @@ type Server struct {
 	w         PacketWriter
 	udp       *net.UDPConn // when Listen opened the socket
 	demux     *demux
+	noBatch   bool // benchmarks: one recvmsg/sendmsg per packet
 	tr        *quic.Transport
 	ln        *quic.Listener
 	done      chan struct{}
@@ -206,6 +207,13 @@ func (s *Server) Listen(addr string) (netip.AddrPort, error) {
 	_ = udp.SetReadBuffer(8 << 20)
 	_ = udp.SetWriteBuffer(8 << 20)
 	d := newDemux(udp, s.Handle)
+	if !s.noBatch {
+		d.route = s.route
+	}
+	d.forwarded = func(packets int, bytes uint64) {
+		s.Stats.Forwarded.Add(uint64(packets))
+		s.Stats.ForwardedBytes.Add(bytes)
+	}
 	tr := &quic.Transport{Conn: d, StatelessResetKey: quicid.StatelessResetKey(s.kp)}
 	s.udp, s.demux = udp, d
 	if err := s.Start(tr, udpWriter{udp}); err != nil {
@@ -543,17 +551,31 @@ func (s *Server) dropPeer(p *peer) {
 // Handle forwards one data packet received from from. It is the relay's
 // hot path: it keeps nothing of pkt and never blocks on another session.
 func (s *Server) Handle(pkt []byte, from netip.AddrPort) {
+	to, ok := s.route(pkt, from, time.Now())
+	if !ok {
+		return
+	}
+	if err := s.w.WriteTo(pkt, to); err != nil {
+		return
+	}
+	s.Stats.Forwarded.Add(1)
+	s.Stats.ForwardedBytes.Add(uint64(len(pkt)))
+}
+
+// route decides where one data packet goes, charging its session and
+// sender; false: nowhere (counted).
+func (s *Server) route(pkt []byte, from netip.AddrPort, now time.Time) (netip.AddrPort, bool) {
 	sid, _, err := ParseData(pkt)
 	if err != nil {
 		s.Stats.Malformed.Add(1)
-		return
+		return netip.AddrPort{}, false
 	}
 	s.mu.RLock()
 	sess := s.sessions[sid]
 	s.mu.RUnlock()
 	if sess == nil {
 		s.Stats.Unknown.Add(1)
-		return
+		return netip.AddrPort{}, false
 	}
 	from = unmap(from)
 	var to netip.AddrPort
@@ -565,9 +587,8 @@ func (s *Server) Handle(pkt []byte, from netip.AddrPort) {
 		to, sender = sess.addrA, sess.b
 	default:
 		s.Stats.Spoofed.Add(1)
-		return
+		return netip.AddrPort{}, false
 	}
-	now := time.Now()
 	n := uint64(len(pkt))
 	lim := &s.cfg.Session
 	sess.mu.Lock()
@@ -575,25 +596,21 @@ func (s *Server) Handle(pkt []byte, from netip.AddrPort) {
 	case lim.MaxDuration > 0 && now.Sub(sess.start) > lim.MaxDuration:
 		sess.mu.Unlock()
 		s.cut(sess, ReasonDuration)
-		return
+		return netip.AddrPort{}, false
 	case lim.MaxBytes > 0 && sess.bytes+n > lim.MaxBytes:
 		sess.mu.Unlock()
 		s.cut(sess, ReasonBytes)
-		return
+		return netip.AddrPort{}, false
 	case sess.rate != nil && !sess.rate.take(float64(n), now),
 		sender.rate != nil && !sender.rate.take(float64(n), now):
 		sess.mu.Unlock()
 		s.Stats.RateDropped.Add(1)
-		return
+		return netip.AddrPort{}, false
 	}
 	sess.bytes += n
 	sess.last = now
 	sess.mu.Unlock()
-	if err := s.w.WriteTo(pkt, to); err != nil {
-		return
-	}
-	s.Stats.Forwarded.Add(1)
-	s.Stats.ForwardedBytes.Add(n)
+	return to, true
 }
 
 func (s *Server) cut(sess *session, why Reason) {
