@@ -44,8 +44,9 @@
 // off). Nothing else about one session touches another.
 //
 // Server.Listen owns its UDP socket and forwards data packets on its read
-// loop, handing only QUIC packets to quic-go: quic-go's own non-QUIC queue
-// holds 32 packets and dropped half of a QUIC burst (see relay/README.md).
+// loop, in recvmmsg/sendmmsg batches of 32, handing only QUIC packets to
+// quic-go: quic-go's own non-QUIC queue holds 32 packets and dropped half
+// of a QUIC burst (see relay/README.md).
 // On a node's shared socket the relay plugs into transport/udpmux instead:
 //
 //	srv.Start(mux.Transport(), mux)

@@ -133,8 +133,8 @@ type Server struct {
 	sessions  map[SessionID]*session // forwarding table: accepted sessions only
 	nSessions int                    // accepted and pending
 	nReserved int
-	w         PacketWriter
-	udp       *net.UDPConn // when Listen opened the socket
+	w         atomic.Pointer[PacketWriter] // set by Start
+	udp       *net.UDPConn                 // when Listen opened the socket
 	demux     *demux
 	noBatch   bool // benchmarks: one recvmsg/sendmsg per packet
 	tr        *quic.Transport
@@ -234,6 +234,9 @@ func (s *Server) Start(tr *quic.Transport, w PacketWriter) error {
 	}
 	tlsConf.GetConfigForClient = func(chi *tls.ClientHelloInfo) (*tls.Config, error) {
 		now := time.Now()
+		if chi.Conn == nil {
+			return nil, nil
+		}
 		if ap, err := netip.ParseAddrPort(chi.Conn.RemoteAddr().String()); err == nil {
 			if !s.hsIP.Allow(ap.Addr().Unmap(), now) {
 				s.Stats.Refused.Add(1)
@@ -252,7 +255,8 @@ func (s *Server) Start(tr *quic.Transport, w PacketWriter) error {
 	if err != nil {
 		return fmt.Errorf("relay listen: %w", err)
 	}
-	s.tr, s.ln, s.w = tr, ln, w
+	s.tr, s.ln = tr, ln
+	s.w.Store(&w)
 	s.wg.Add(2)
 	go s.acceptLoop()
 	go s.janitor()
@@ -550,12 +554,17 @@ func (s *Server) dropPeer(p *peer) {
 
 // Handle forwards one data packet received from from. It is the relay's
 // hot path: it keeps nothing of pkt and never blocks on another session.
+// Packets before Start are dropped.
 func (s *Server) Handle(pkt []byte, from netip.AddrPort) {
+	w := s.w.Load()
+	if w == nil {
+		return
+	}
 	to, ok := s.route(pkt, from, time.Now())
 	if !ok {
 		return
 	}
-	if err := s.w.WriteTo(pkt, to); err != nil {
+	if err := (*w).WriteTo(pkt, to); err != nil {
 		return
 	}
 	s.Stats.Forwarded.Add(1)
