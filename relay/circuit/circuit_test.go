@@ -251,3 +251,32 @@ func TestDualStackListen(t *testing.T) {
 		t.Fatalf("read %q, %v (spoofed %d, unknown %d)", buf[:n], err, srv.Stats.Spoofed.Load(), srv.Stats.Unknown.Load())
 	}
 }
+
+// TestClientForgetsOldSessions: a client that opens and releases many
+// sessions keeps a bounded record of them.
+func TestClientForgetsOldSessions(t *testing.T) {
+	r := startRelay(t, circuit.Config{ConnectsPerSecond: 1e6, ConnectBurst: 1e6})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	a, b := newPeer(t, r, circuit.ClientConfig{}), newPeer(t, r, circuit.ClientConfig{})
+	if _, err := b.cli.Reserve(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var addrs []*circuit.Addr
+	for range 100 {
+		addr, err := a.cli.Connect(ctx, b.kp.ID())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := a.cli.Release(ctx, addr); err != nil {
+			t.Fatal(err)
+		}
+		addrs = append(addrs, addr)
+	}
+	if _, ok := a.cli.Session(addrs[0]); ok {
+		t.Fatal("the oldest ended session is still remembered")
+	}
+	if info, ok := a.cli.Session(addrs[99]); !ok || info.Reason != circuit.ReasonReleased {
+		t.Fatalf("the last session: %+v, %v", info, ok)
+	}
+}

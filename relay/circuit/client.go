@@ -96,7 +96,8 @@ type Client struct {
 	pc      *PacketConn
 	mu      sync.Mutex
 	sess    map[SessionID]*clientSession
-	reserve *Msg // last Reserved, nil when not reserving
+	ended   []SessionID // oldest first
+	reserve *Msg        // last Reserved, nil when not reserving
 	wg      sync.WaitGroup
 	stop    chan struct{}
 	once    sync.Once
@@ -137,7 +138,7 @@ func Dial(ctx context.Context, tr *quic.Transport, w PacketWriter, kp *identity.
 func (c *Client) Relay() netip.AddrPort { return c.relay }
 
 // PacketConn returns the connection on which to run a quic.Transport whose
-// connections go through the relay; see the package example in the tests.
+// connections go through the relay (TestRelayedQUIC shows both ends).
 func (c *Client) PacketConn() *PacketConn { return c.pc }
 
 // request sends m on a new stream and returns the relay's answer.
@@ -318,7 +319,17 @@ func (c *Client) end(sid SessionID, why Reason) {
 	}
 	s.reason = why
 	close(s.done)
+	// Ended sessions stay visible to Session for a while; the oldest are
+	// forgotten so that a long-lived client's memory stays bounded.
+	c.ended = append(c.ended, sid)
+	if len(c.ended) > maxEnded {
+		delete(c.sess, c.ended[0])
+		c.ended = c.ended[1:]
+	}
 }
+
+// maxEnded bounds the ended sessions a Client remembers.
+const maxEnded = 64
 
 func (c *Client) endAll(why Reason) {
 	c.mu.Lock()
