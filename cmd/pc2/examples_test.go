@@ -1,6 +1,7 @@
 package main
 
 import (
+	fedmesh "github.com/elacity/pc2/federation/mesh"
 	"path/filepath"
 	"testing"
 
@@ -28,6 +29,7 @@ func TestConfigExamplesLoad(t *testing.T) {
 		"names":         func() any { c := client.DefaultConfig(); return &c },
 		"tunnel-client": func() any { return &tunnel.ClientServiceConfig{} },
 		"relay":         func() any { c := circuit.DefaultServiceConfig(false, true); return &c },
+		"mesh":          func() any { c := fedmesh.DefaultConfig(false); return &c },
 	}
 	for file, r := range map[string]role{"supernode.yaml": roleSupernode, "node.yaml": roleNode} {
 		var sections []string

@@ -61,7 +61,7 @@ func TestNATLabSymmetricViaRelay(t *testing.T) {
 	}
 	t.Cleanup(func() { lab.Close() })
 	relayNode, _ := lab.Node("relay")
-	relayAddr := netip.AddrPortFrom(relayNode.Addrs[0], 39003)
+	relayAddr := netip.AddrPortFrom(relayNode.Addrs[0], 39004)
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)

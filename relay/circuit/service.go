@@ -12,8 +12,9 @@ import (
 	"github.com/elacity/pc2/core/identity"
 )
 
-// Registrations tells whether a node id owns names here; the registry
-// implements it. On a supernode, such nodes may use the relay.
+// Registrations tells whether a node id owns names; the registry and the
+// federation mesh implement it. On a supernode, such nodes may use the
+// relay.
 type Registrations interface {
 	Registered(id identity.ID) bool
 }
@@ -23,7 +24,7 @@ type ServiceConfig struct {
 	// Enabled runs the relay: on by default on a supernode, off on a node
 	// (which should have a public address or a port mapping to offer it).
 	Enabled bool   `yaml:"enabled"`
-	Listen  string `yaml:"listen"` // UDP host:port, ":39003"; dev: 127.0.0.1:0
+	Listen  string `yaml:"listen"` // UDP host:port, ":39004"; dev: 127.0.0.1:0
 	// Per session (0: unlimited): rate of both directions summed, total
 	// bytes, lifetime.
 	SessionBytesPerSecond uint64        `yaml:"sessionBytesPerSecond"` // 1 MiB/s
@@ -53,7 +54,7 @@ type ServiceConfig struct {
 func DefaultServiceConfig(dev, enabled bool) ServiceConfig {
 	c := ServiceConfig{
 		Enabled:               enabled,
-		Listen:                ":39003",
+		Listen:                ":39004",
 		SessionBytesPerSecond: 1 << 20,
 		SessionMaxBytes:       1 << 30,
 		SessionMaxDuration:    time.Hour,
