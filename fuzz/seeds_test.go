@@ -14,6 +14,8 @@ func TestWriteSeedCorpus(t *testing.T) {
 	targets := map[string][][]byte{
 		"FuzzClientHello":       clientHelloSeeds(),
 		"FuzzProxyProtoV2":      proxyProtoSeeds(),
+		"FuzzRelayControl":      relayControlSeeds(),
+		"FuzzRelayData":         relayDataSeeds(),
 		"FuzzSTUNAnswer":        stunSeeds(),
 		"FuzzTunnelHeader":      tunnelHeaderSeeds(),
 		"FuzzTunnelControl":     tunnelControlSeeds(),

@@ -12,6 +12,7 @@ import (
 	"github.com/elacity/pc2/gateway/sniproxy"
 	"github.com/elacity/pc2/plugins/registry"
 	"github.com/elacity/pc2/plugins/registry/client"
+	"github.com/elacity/pc2/relay/circuit"
 	"github.com/elacity/pc2/relay/tunnel"
 )
 
@@ -27,6 +28,7 @@ func TestConfigExamplesLoad(t *testing.T) {
 		"tunnel":        func() any { return &tunnel.ServerServiceConfig{} },
 		"names":         func() any { c := client.DefaultConfig(); return &c },
 		"tunnel-client": func() any { return &tunnel.ClientServiceConfig{} },
+		"relay":         func() any { c := circuit.DefaultServiceConfig(false, true); return &c },
 		"mesh":          func() any { c := fedmesh.DefaultConfig(false); return &c },
 	}
 	for file, r := range map[string]role{"supernode.yaml": roleSupernode, "node.yaml": roleNode} {
