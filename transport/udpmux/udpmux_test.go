@@ -220,7 +220,6 @@ func TestRoutingAndRemove(t *testing.T) {
 	}
 }
 
-
 // BenchmarkRawRoundTrip measures a non-QUIC request/answer through two
 // muxes on loopback (the path of every STUN and punch packet).
 func BenchmarkRawRoundTrip(b *testing.B) {
