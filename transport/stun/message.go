@@ -23,8 +23,8 @@
 // IPv6, plus 8 if the request carried a FINGERPRINT), at most 2.2× the
 // smallest valid request. The RFC 5780 attributes (RESPONSE-ORIGIN,
 // OTHER-ADDRESS) are added only when the request is at least as long as the
-// full answer, which this package's client ensures with a PADDING attribute
-// (RFC 5780 §7.6). With ServerConfig.Strict even the minimal answer must
+// full answer, which this package's client ensures by padding its requests
+// (with a SOFTWARE attribute: see NewRequest). With ServerConfig.Strict even the minimal answer must
 // fit in the request (factor ≤ 1.0; plain 20-byte requests then get no
 // answer). Every source IP is also rate limited.
 package stun
@@ -126,8 +126,8 @@ func decode(b []byte) (*pstun.Message, error) {
 }
 
 // NewRequest builds a Binding request with transaction id tx, the given
-// CHANGE-REQUEST flags (none if 0), padded with PADDING to pad bytes (no
-// padding if pad ≤ its natural size) and ending with a FINGERPRINT.
+// CHANGE-REQUEST flags (none if 0), padded to pad bytes (no padding if pad
+// ≤ its natural size) and ending with a FINGERPRINT.
 func NewRequest(tx [pstun.TransactionIDSize]byte, change Change, pad int) ([]byte, error) {
 	m := &pstun.Message{Type: pstun.BindingRequest, TransactionID: tx}
 	m.WriteHeader()
@@ -136,9 +136,18 @@ func NewRequest(tx [pstun.TransactionIDSize]byte, change Change, pad int) ([]byt
 		binary.BigEndian.PutUint32(v[:], uint32(change))
 		m.Add(pstun.AttrChangeRequest, v[:])
 	}
-	// Natural size so far + FINGERPRINT (8); PADDING adds 4 + its length.
+	// Natural size so far + FINGERPRINT (8); SOFTWARE adds 4 + its length.
+	// Padding goes into SOFTWARE ("pc2" and spaces), which every server
+	// ignores, rather than RFC 5780's PADDING: coturn answers a PADDING
+	// request with a 1500-byte response, longer than a shared socket
+	// delivers (udpmux.MaxPacket) and a tenfold amplification.
 	if n := pad - (int(m.Length) + headerSize + 8 + 4); n > 0 {
-		m.Add(pstun.AttrPadding, make([]byte, n&^3))
+		sw := make([]byte, n&^3)
+		for i := range sw {
+			sw[i] = ' '
+		}
+		copy(sw, "pc2")
+		m.Add(pstun.AttrSoftware, sw)
 	}
 	if err := pstun.Fingerprint.AddTo(m); err != nil {
 		return nil, fmt.Errorf("stun: fingerprint: %w", err)
