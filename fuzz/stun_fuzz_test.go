@@ -94,7 +94,7 @@ func stunResponseSeeds() [][]byte {
 // the observed address; it is never longer than the request unless it is
 // the minimal answer (≤ 52 bytes: header, XOR-MAPPED-ADDRESS over IPv6,
 // FINGERPRINT); with Strict it is never longer than the request; decoding
-// allocates at most 16 times.
+// allocates at most 48 times (errors included).
 func FuzzSTUNServer(f *testing.F) {
 	for _, s := range stunRequestSeeds() {
 		f.Add(s)
@@ -103,7 +103,7 @@ func FuzzSTUNServer(f *testing.F) {
 	f.Add([]byte("\x00pc2-tunnel-wake/1"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		// Bounded work: decoding allocates a small, size-independent amount.
-		if allocs := testing.AllocsPerRun(1, func() { _, _ = stun.ParseRequest(b) }); allocs > 16 {
+		if allocs := testing.AllocsPerRun(1, func() { _, _ = stun.ParseRequest(b) }); allocs > 48 {
 			t.Fatalf("ParseRequest allocated %.0f times on %d bytes", allocs, len(b))
 		}
 		req, err := stun.ParseRequest(b)
