@@ -1,0 +1,125 @@
+package portmap
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/huin/goupnp/dcps/internetgateway2"
+)
+
+// igd is the part of a UPnP WANIPConnection / WANPPPConnection service a
+// mapping needs; the generated goupnp clients of each version have it.
+type igd interface {
+	AddPortMappingCtx(ctx context.Context, remoteHost string, externalPort uint16, protocol string,
+		internalPort uint16, internalClient string, enabled bool, description string, lease uint32) error
+	DeletePortMappingCtx(ctx context.Context, remoteHost string, externalPort uint16, protocol string) error
+	GetExternalIPAddressCtx(ctx context.Context) (string, error)
+}
+
+// upnpClient maps one UDP port through a UPnP IGD found by SSDP
+// (github.com/huin/goupnp). Only a device served from the default gateway
+// is used: another LAN host answering SSDP cannot capture the mapping.
+type upnpClient struct {
+	gw, local netip.Addr
+	dev       igd
+	last      uint16
+}
+
+func (c *upnpClient) protocol() Protocol { return UPnP }
+
+// discover searches for the three usual services at once and keeps the
+// first served by the gateway.
+func (c *upnpClient) discover(ctx context.Context) (igd, error) {
+	type found struct {
+		dev igd
+		err error
+	}
+	ch := make(chan found, 3)
+	onGateway := func(host string) bool {
+		a, err := netip.ParseAddr(host)
+		return err == nil && a.Unmap() == c.gw
+	}
+	go func() {
+		cs, _, err := internetgateway2.NewWANIPConnection2ClientsCtx(ctx)
+		for _, cl := range cs {
+			if onGateway(cl.Location.Hostname()) {
+				ch <- found{dev: cl}
+				return
+			}
+		}
+		ch <- found{err: err}
+	}()
+	go func() {
+		cs, _, err := internetgateway2.NewWANIPConnection1ClientsCtx(ctx)
+		for _, cl := range cs {
+			if onGateway(cl.Location.Hostname()) {
+				ch <- found{dev: cl}
+				return
+			}
+		}
+		ch <- found{err: err}
+	}()
+	go func() {
+		cs, _, err := internetgateway2.NewWANPPPConnection1ClientsCtx(ctx)
+		for _, cl := range cs {
+			if onGateway(cl.Location.Hostname()) {
+				ch <- found{dev: cl}
+				return
+			}
+		}
+		ch <- found{err: err}
+	}()
+	var errs []error
+	for range 3 {
+		f := <-ch
+		if f.dev != nil {
+			return f.dev, nil
+		}
+		if f.err != nil {
+			errs = append(errs, f.err)
+		}
+	}
+	return nil, fmt.Errorf("portmap: upnp: no internet gateway device on %s: %w", c.gw, errors.Join(errs...))
+}
+
+func (c *upnpClient) mapPort(ctx context.Context, internal uint16, lifetime time.Duration) (Mapping, error) {
+	if c.dev == nil {
+		dev, err := c.discover(ctx)
+		if err != nil {
+			return Mapping{}, err
+		}
+		c.dev = dev
+	}
+	s, err := c.dev.GetExternalIPAddressCtx(ctx)
+	if err != nil {
+		return Mapping{}, fmt.Errorf("portmap: upnp external address: %w", err)
+	}
+	ext, err := netip.ParseAddr(s)
+	if err != nil {
+		return Mapping{}, fmt.Errorf("%w: upnp external address %q", ErrMalformed, s)
+	}
+	want := c.last
+	if want == 0 {
+		want = internal
+	}
+	err = c.dev.AddPortMappingCtx(ctx, "", want, "UDP", internal, c.local.String(), true, "pc2", uint32(lifetime/time.Second))
+	if err != nil {
+		return Mapping{}, fmt.Errorf("portmap: upnp map %d: %w", want, err)
+	}
+	c.last = want
+	return Mapping{Protocol: UPnP, External: netip.AddrPortFrom(ext.Unmap(), want),
+		Internal: netip.AddrPortFrom(c.local, internal), Lifetime: lifetime}, nil
+}
+
+func (c *upnpClient) unmap(ctx context.Context, m Mapping) error {
+	if c.dev == nil {
+		return nil
+	}
+	if err := c.dev.DeletePortMappingCtx(ctx, "", m.External.Port(), "UDP"); err != nil {
+		return fmt.Errorf("portmap: upnp unmap: %w", err)
+	}
+	return nil
+}
