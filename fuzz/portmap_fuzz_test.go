@@ -1,0 +1,65 @@
+package fuzz
+
+import (
+	"bytes"
+	"errors"
+	"net/netip"
+	"testing"
+
+	"github.com/elacity/pc2/transport/portmap"
+)
+
+func pcpAnswerSeeds() [][]byte {
+	var out [][]byte
+	for _, ext := range []string{"203.0.113.10:40001", "[2001:db8::1]:1"} {
+		b := portmap.AppendPCPMapRequest(nil, portmap.PCPMap{Nonce: [12]byte{9, 9}, Client: netip.MustParseAddr("10.0.1.2"),
+			Internal: 40001, External: netip.MustParseAddrPort(ext), Lifetime: 7200})
+		b[1] |= 0x80
+		out = append(out, b)
+		e := bytes.Clone(b)
+		e[3] = 8 // NO_RESOURCES
+		out = append(out, e)
+		out = append(out, append(bytes.Clone(b), 0, 0, 0, 0)) // an option's worth
+	}
+	out = append(out, []byte{0, 0x81, 0, 1, 0, 0, 0, 0}) // NAT-PMP "unsupported version"
+	return out
+}
+
+func TestPortmapSeedCorpus(t *testing.T) {
+	writeOwnSeeds(t, "FuzzPCPAnswer", pcpAnswerSeeds())
+}
+
+// FuzzPCPAnswer checks the PCP MAP answer decoder: no panic; a success
+// comes only from a 60..1100-byte, 4-aligned version-2 MAP answer and has a
+// non-zero port unless it is a deletion (lifetime 0); re-encoding the
+// decoded fields as a request gives back the answer's nonce, internal port
+// and external address bytes (the layout is symmetric).
+func FuzzPCPAnswer(f *testing.F) {
+	for _, s := range pcpAnswerSeeds() {
+		f.Add(s)
+	}
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := portmap.ParsePCPMapAnswer(b)
+		var re portmap.PCPResultError
+		if err != nil {
+			if !errors.Is(err, portmap.ErrMalformed) && !errors.As(err, &re) {
+				t.Fatalf("untyped error %v", err)
+			}
+			return
+		}
+		if len(b) < 60 || len(b) > 1100 || len(b)%4 != 0 || b[0] != 2 || b[1] != 0x81 || b[3] != 0 {
+			t.Fatalf("accepted %d bytes %x", len(b), b[:min(len(b), 4)])
+		}
+		if m.External.Port() == 0 && m.Lifetime != 0 {
+			t.Fatalf("accepted port 0 with lifetime %d", m.Lifetime)
+		}
+		req := portmap.AppendPCPMapRequest(nil, portmap.PCPMap{Nonce: m.Nonce, Internal: m.Internal, External: m.External})
+		if !bytes.Equal(req[24:36], b[24:36]) || !bytes.Equal(req[40:44], b[40:44]) {
+			t.Fatalf("fields do not round-trip: %x vs %x", req[24:60], b[24:60])
+		}
+		if m.External.Addr().Is4() != bytes.Equal(b[44:56], []byte{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff}) {
+			t.Fatalf("address family of %s wrong for %x", m.External, b[44:60])
+		}
+	})
+}
