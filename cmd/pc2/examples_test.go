@@ -12,6 +12,8 @@ import (
 	"github.com/elacity/pc2/plugins/registry"
 	"github.com/elacity/pc2/plugins/registry/client"
 	"github.com/elacity/pc2/relay/tunnel"
+	"github.com/elacity/pc2/transport/nat"
+	"github.com/elacity/pc2/transport/stun"
 )
 
 // The documented examples must always load, every section strictly into
@@ -26,6 +28,8 @@ func TestConfigExamplesLoad(t *testing.T) {
 		"tunnel":        func() any { return &tunnel.ServerServiceConfig{} },
 		"names":         func() any { c := client.DefaultConfig(); return &c },
 		"tunnel-client": func() any { return &tunnel.ClientServiceConfig{} },
+		"stun":          func() any { c := stun.DefaultServiceConfig(false); return &c },
+		"nat":           func() any { c := nat.DefaultConfig(false); return &c },
 	}
 	for file, r := range map[string]role{"supernode.yaml": roleSupernode, "node.yaml": roleNode} {
 		var sections []string

@@ -16,6 +16,8 @@ import (
 	"github.com/elacity/pc2/plugins/registry/client"
 	"github.com/elacity/pc2/plugins/registry/dhtpub"
 	"github.com/elacity/pc2/relay/tunnel"
+	"github.com/elacity/pc2/transport/nat"
+	"github.com/elacity/pc2/transport/stun"
 )
 
 type role struct {
@@ -34,9 +36,10 @@ var roleSupernode = role{
 config file: state in a temporary directory, free loopback ports. It runs a
 bootstrap DHT node (section dht), the name registry API (registry) whose
 names it announces in the DHT (dhtpub), authoritative DNS (dns), plain HTTP
-routed by Host (http), QUIC tunnels for nodes behind NAT (tunnel, UDP :8090)
-and TLS passthrough routed by SNI (sni); a name whose owner holds a tunnel
-here is served over the tunnel.`,
+routed by Host (http), QUIC tunnels for nodes behind NAT (tunnel, UDP :8090),
+TLS passthrough routed by SNI (sni) and STUN for nodes discovering their NAT
+(stun, UDP :3478); a name whose owner holds a tunnel here is served over the
+tunnel.`,
 	services: func() []host.Service {
 		dht := dhtnode.NewService()
 		pub := dhtpub.New(dht)
@@ -47,7 +50,7 @@ here is served over the tunnel.`,
 		sni.Tunnels = tun // names of nodes with a tunnel here go over it
 		// Start order matters: the DHT before the publisher, the registry
 		// before DNS, which reads its zones at start.
-		return []host.Service{dht, pub, reg, dns.New(reg), httproute.New(reg), tun, sni}
+		return []host.Service{dht, pub, reg, dns.New(reg), httproute.New(reg), tun, sni, stun.NewService()}
 	},
 }
 
@@ -59,8 +62,13 @@ nodes directly. With --dev it starts with no config file. It keeps the names
 of its "names" section registered at a supernode and renews them, and keeps
 a QUIC tunnel to the supernode of its "tunnel-client" section (supernode,
 supernodeID, services: [{name: https, addr: 127.0.0.1:4200}]), so its names
-are served through the supernode even behind NAT.`,
-	services: func() []host.Service { return []host.Service{client.NewService(), tunnel.NewClientService()} },
+are served through the supernode even behind NAT. Its "nat" section opens
+the node's shared UDP socket, finds its reflexive address and NAT class from
+STUN servers (stun: [supernode:3478]) and asks the home gateway for a port
+mapping (PCP, NAT-PMP or UPnP).`,
+	services: func() []host.Service {
+		return []host.Service{client.NewService(), tunnel.NewClientService(), nat.NewService()}
+	},
 }
 
 func nodeCommand(r role) *command {
