@@ -65,9 +65,12 @@ supernodeID, services: [{name: https, addr: 127.0.0.1:4200}]), so its names
 are served through the supernode even behind NAT. Its "nat" section opens
 the node's shared UDP socket, finds its reflexive address and NAT class from
 STUN servers (stun: [supernode:3478]) and asks the home gateway for a port
-mapping (PCP, NAT-PMP or UPnP).`,
+mapping (PCP, NAT-PMP or UPnP); the tunnel runs on that same socket.`,
 	services: func() []host.Service {
-		return []host.Service{client.NewService(), tunnel.NewClientService(), nat.NewService()}
+		natSvc := nat.NewService()
+		tun := tunnel.NewClientService()
+		tun.Shared = natSvc.Mux // the tunnel uses the socket whose NAT mapping nat discovers
+		return []host.Service{natSvc, client.NewService(), tun}
 	},
 }
 

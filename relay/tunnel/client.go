@@ -18,6 +18,7 @@ import (
 	"github.com/elacity/pc2/core/identity"
 	"github.com/elacity/pc2/gateway/proxyproto"
 	"github.com/elacity/pc2/transport/quicid"
+	"github.com/elacity/pc2/transport/udpmux"
 )
 
 // Local is one local service a node exposes through its tunnel.
@@ -41,7 +42,11 @@ type ClientConfig struct {
 	BackoffMin, BackoffMax time.Duration
 	DialTimeout            time.Duration // 5 s, for local services
 	LocalUDP               string        // local UDP address to bind (":0")
-	Logger                 *slog.Logger
+	// Shared, if set, is the node's shared UDP socket: the tunnel dials
+	// from it (so it uses the NAT mapping the node discovered and maps)
+	// instead of binding LocalUDP, and takes its wake messages from it.
+	Shared *udpmux.Mux
+	Logger *slog.Logger
 }
 
 // Client keeps a node's tunnel to one supernode up, forever, and serves
@@ -94,19 +99,46 @@ func (c *Client) Start() error {
 	if err != nil {
 		return err
 	}
+	ctx, cancel := context.WithCancel(context.Background())
+	if m := c.cfg.Shared; m != nil {
+		wakes := make(chan net.Addr, 1)
+		remove := m.Handle(func(p []byte) bool { return string(p) == string(wakeMessage) }, func(_ []byte, from netip.AddrPort) {
+			select {
+			case wakes <- net.UDPAddrFromAddrPort(from):
+			default: // one pending wake is enough
+			}
+		})
+		read := func(ctx context.Context, b []byte) (int, net.Addr, error) {
+			select {
+			case from := <-wakes:
+				return copy(b, wakeMessage), from, nil
+			case <-ctx.Done():
+				return 0, nil, ctx.Err()
+			}
+		}
+		c.cancel = cancel
+		c.done = make(chan struct{})
+		go func() {
+			defer close(c.done)
+			defer remove()
+			go c.readWakes(ctx, read)
+			c.loop(ctx, m.Transport(), tlsConf)
+		}()
+		return nil
+	}
 	udp, err := net.ListenPacket("udp", c.cfg.LocalUDP)
 	if err != nil {
+		cancel()
 		return fmt.Errorf("tunnel client socket: %w", err)
 	}
 	tr := &quic.Transport{Conn: udp}
-	ctx, cancel := context.WithCancel(context.Background())
 	c.cancel = cancel
 	c.done = make(chan struct{})
 	go func() {
 		defer close(c.done)
 		defer udp.Close()
 		defer tr.Close()
-		go c.readWakes(ctx, tr)
+		go c.readWakes(ctx, tr.ReadNonQUICPacket)
 		c.loop(ctx, tr, tlsConf)
 	}()
 	return nil
@@ -159,11 +191,11 @@ var probe [64]byte
 
 // readWakes passes wake messages from the supernode's address to the
 // loop, at most one per 100 ms.
-func (c *Client) readWakes(ctx context.Context, tr *quic.Transport) {
+func (c *Client) readWakes(ctx context.Context, read func(context.Context, []byte) (int, net.Addr, error)) {
 	buf := make([]byte, 64)
 	var last time.Time
 	for {
-		n, from, err := tr.ReadNonQUICPacket(ctx, buf)
+		n, from, err := read(ctx, buf)
 		if err != nil {
 			return
 		}

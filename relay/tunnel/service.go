@@ -11,6 +11,7 @@ import (
 	"github.com/elacity/pc2/core/host"
 	"github.com/elacity/pc2/core/identity"
 	"github.com/elacity/pc2/core/store"
+	"github.com/elacity/pc2/transport/udpmux"
 )
 
 // maxRemembered bounds the node addresses kept for waking after a restart.
@@ -196,6 +197,9 @@ type ClientServiceConfig struct {
 // ClientService runs a Client in a host under the section "tunnel-client".
 type ClientService struct {
 	cli atomic.Pointer[Client]
+	// Shared, if set, returns the node's shared UDP socket (the nat
+	// service's, which must start first); the tunnel then runs on it.
+	Shared func() *udpmux.Mux
 }
 
 // NewClientService returns an unstarted service.
@@ -236,7 +240,11 @@ func (s *ClientService) Start(_ context.Context, h host.Handle) error {
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
-	cli := NewClient(h.Identity(), ClientConfig{Supernode: c.Supernode, SupernodeID: sid, Services: services, Logger: h.Logger()})
+	cc := ClientConfig{Supernode: c.Supernode, SupernodeID: sid, Services: services, Logger: h.Logger()}
+	if s.Shared != nil {
+		cc.Shared = s.Shared()
+	}
+	cli := NewClient(h.Identity(), cc)
 	if err := cli.Start(); err != nil {
 		return err
 	}

@@ -28,8 +28,9 @@ import (
 
 // Config is the "nat" section of a node.
 type Config struct {
-	// Listen is the shared UDP socket ("0.0.0.0:0"; a fixed port keeps port
-	// mappings and peers' knowledge across restarts).
+	// Listen is the shared UDP socket (":0", every address: the tunnel
+	// and peers use it; a fixed port keeps port mappings and peers'
+	// knowledge across restarts).
 	Listen string `yaml:"listen"`
 	// STUN lists STUN servers (host:port, e.g. supernodes' "stun" service);
 	// the first that answers is used. Empty: no discovery.
@@ -47,12 +48,11 @@ type Config struct {
 	Protocols []string `yaml:"protocols"`
 }
 
-// DefaultConfig is the section's default; dev mode stays on loopback and
-// maps nothing.
+// DefaultConfig is the section's default; dev mode maps no port.
 func DefaultConfig(dev bool) Config {
-	c := Config{Listen: "0.0.0.0:0", Classify: true, Refresh: 5 * time.Minute, PortMapping: true}
+	c := Config{Listen: ":0", Classify: true, Refresh: 5 * time.Minute, PortMapping: true}
 	if dev {
-		c.Listen, c.PortMapping = "127.0.0.1:0", false
+		c.PortMapping = false
 	}
 	return c
 }
