@@ -27,6 +27,7 @@ func pcpAnswerSeeds() [][]byte {
 
 func TestPortmapSeedCorpus(t *testing.T) {
 	writeOwnSeeds(t, "FuzzPCPAnswer", pcpAnswerSeeds())
+	writeOwnSeeds(t, "FuzzSSDPAnswer", ssdpAnswerSeeds())
 }
 
 // FuzzPCPAnswer checks the PCP MAP answer decoder: no panic; a success
@@ -60,6 +61,36 @@ func FuzzPCPAnswer(f *testing.F) {
 		}
 		if m.External.Addr().Is4() != bytes.Equal(b[44:56], []byte{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff}) {
 			t.Fatalf("address family of %s wrong for %x", m.External, b[44:60])
+		}
+	})
+}
+
+func ssdpAnswerSeeds() [][]byte {
+	return [][]byte{
+		[]byte("HTTP/1.1 200 OK\r\nCACHE-CONTROL: max-age=120\r\nST: urn:schemas-upnp-org:device:InternetGatewayDevice:1\r\nLOCATION: http://10.0.1.1:40000/rootDesc.xml\r\n\r\n"),
+		[]byte("HTTP/1.1 200 OK\r\nLocation: http://10.0.1.9/x\r\n\r\n"),
+		[]byte("HTTP/1.1 404 Not Found\r\n\r\n"),
+		[]byte("M-SEARCH * HTTP/1.1\r\nHOST: 239.255.255.250:1900\r\n\r\n"),
+	}
+}
+
+// FuzzSSDPAnswer checks the SSDP answer decoder: no panic, typed errors,
+// and an accepted LOCATION is always an http URL on the gateway itself.
+func FuzzSSDPAnswer(f *testing.F) {
+	for _, s := range ssdpAnswerSeeds() {
+		f.Add(s)
+	}
+	gw := netip.MustParseAddr("10.0.1.1")
+	f.Fuzz(func(t *testing.T, b []byte) {
+		loc, err := portmap.ParseSSDPAnswer(b, gw)
+		if err != nil {
+			if !errors.Is(err, portmap.ErrMalformed) {
+				t.Fatalf("untyped error %v", err)
+			}
+			return
+		}
+		if loc.Scheme != "http" || loc.Hostname() != "10.0.1.1" || len(b) > 2048 {
+			t.Fatalf("accepted location %q from %d bytes", loc, len(b))
 		}
 	})
 }

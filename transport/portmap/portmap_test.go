@@ -77,3 +77,26 @@ func BenchmarkParsePCPMapAnswer(b *testing.B) {
 		}
 	}
 }
+
+func TestParseSSDPAnswer(t *testing.T) {
+	gw := netip.MustParseAddr("10.0.1.1")
+	ok := "HTTP/1.1 200 OK\r\nCACHE-CONTROL: max-age=120\r\nST: urn:schemas-upnp-org:device:InternetGatewayDevice:1\r\n" +
+		"USN: uuid:x::urn:schemas-upnp-org:device:InternetGatewayDevice:1\r\nLOCATION: http://10.0.1.1:40000/rootDesc.xml\r\n\r\n"
+	loc, err := ParseSSDPAnswer([]byte(ok), gw)
+	if err != nil || loc.String() != "http://10.0.1.1:40000/rootDesc.xml" {
+		t.Fatalf("%v %v", loc, err)
+	}
+	for name, bad := range map[string]string{
+		"other host":  strings.Replace(ok, "10.0.1.1:40000", "10.0.1.9:40000", 1),
+		"name":        strings.Replace(ok, "10.0.1.1:40000", "router.lan:40000", 1),
+		"https":       strings.Replace(ok, "http://", "file://", 1),
+		"status":      strings.Replace(ok, "200 OK", "404 Not Found", 1),
+		"no location": strings.Replace(ok, "LOCATION", "X-LOC", 1),
+		"garbage":     "NOTIFY * HTTP/1.1\r\n",
+		"huge":        ok + strings.Repeat("x", 4096),
+	} {
+		if _, err := ParseSSDPAnswer([]byte(bad), gw); !errors.Is(err, ErrMalformed) {
+			t.Errorf("%s: %v, want ErrMalformed", name, err)
+		}
+	}
+}

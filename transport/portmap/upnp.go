@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/huin/goupnp"
 	"github.com/huin/goupnp/dcps/internetgateway2"
 )
 
@@ -19,9 +20,10 @@ type igd interface {
 	GetExternalIPAddressCtx(ctx context.Context) (string, error)
 }
 
-// upnpClient maps one UDP port through a UPnP IGD found by SSDP
-// (github.com/huin/goupnp). Only a device served from the default gateway
-// is used: another LAN host answering SSDP cannot capture the mapping.
+// upnpClient maps one UDP port through a UPnP IGD found by SSDP (ssdp.go)
+// and driven with github.com/huin/goupnp. Only a device served from the
+// gateway is used: another LAN host answering SSDP cannot capture the
+// mapping.
 type upnpClient struct {
 	gw, local netip.Addr
 	dev       igd
@@ -30,59 +32,29 @@ type upnpClient struct {
 
 func (c *upnpClient) protocol() Protocol { return UPnP }
 
-// discover searches for the three usual services at once and keeps the
-// first served by the gateway.
+// discover finds the gateway's IGD by SSDP and picks the first of the
+// usual WAN connection services its description lists. The description is
+// fetched by goupnp within ctx (which bounds its time; its size is not
+// bounded separately: it comes from the gateway itself).
 func (c *upnpClient) discover(ctx context.Context) (igd, error) {
-	type found struct {
-		dev igd
-		err error
+	loc, err := ssdpSearch(ctx, c.gw, c.local)
+	if err != nil {
+		return nil, fmt.Errorf("portmap: upnp: no internet gateway device on %s: %w", c.gw, err)
 	}
-	ch := make(chan found, 3)
-	onGateway := func(host string) bool {
-		a, err := netip.ParseAddr(host)
-		return err == nil && a.Unmap() == c.gw
+	root, err := goupnp.DeviceByURLCtx(ctx, loc)
+	if err != nil {
+		return nil, fmt.Errorf("portmap: upnp: device description %s: %w", loc, err)
 	}
-	go func() {
-		cs, _, err := internetgateway2.NewWANIPConnection2ClientsCtx(ctx)
-		for _, cl := range cs {
-			if onGateway(cl.Location.Hostname()) {
-				ch <- found{dev: cl}
-				return
-			}
-		}
-		ch <- found{err: err}
-	}()
-	go func() {
-		cs, _, err := internetgateway2.NewWANIPConnection1ClientsCtx(ctx)
-		for _, cl := range cs {
-			if onGateway(cl.Location.Hostname()) {
-				ch <- found{dev: cl}
-				return
-			}
-		}
-		ch <- found{err: err}
-	}()
-	go func() {
-		cs, _, err := internetgateway2.NewWANPPPConnection1ClientsCtx(ctx)
-		for _, cl := range cs {
-			if onGateway(cl.Location.Hostname()) {
-				ch <- found{dev: cl}
-				return
-			}
-		}
-		ch <- found{err: err}
-	}()
-	var errs []error
-	for range 3 {
-		f := <-ch
-		if f.dev != nil {
-			return f.dev, nil
-		}
-		if f.err != nil {
-			errs = append(errs, f.err)
-		}
+	if cs, err := internetgateway2.NewWANIPConnection2ClientsFromRootDevice(root, loc); err == nil && len(cs) > 0 {
+		return cs[0], nil
 	}
-	return nil, fmt.Errorf("portmap: upnp: no internet gateway device on %s: %w", c.gw, errors.Join(errs...))
+	if cs, err := internetgateway2.NewWANIPConnection1ClientsFromRootDevice(root, loc); err == nil && len(cs) > 0 {
+		return cs[0], nil
+	}
+	if cs, err := internetgateway2.NewWANPPPConnection1ClientsFromRootDevice(root, loc); err == nil && len(cs) > 0 {
+		return cs[0], nil
+	}
+	return nil, errors.New("portmap: upnp: the gateway's device has no WAN connection service")
 }
 
 func (c *upnpClient) mapPort(ctx context.Context, internal uint16, lifetime time.Duration) (Mapping, error) {
