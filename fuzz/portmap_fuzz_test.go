@@ -22,6 +22,9 @@ func pcpAnswerSeeds() [][]byte {
 		out = append(out, append(bytes.Clone(b), 0, 0, 0, 0)) // an option's worth
 	}
 	out = append(out, []byte{0, 0x81, 0, 1, 0, 0, 0, 0}) // NAT-PMP "unsupported version"
+	ann := portmap.AppendPCPAnnounce(nil, netip.MustParseAddr("10.0.1.2"))
+	ann[1] = 0x80 // an ANNOUNCE answer
+	out = append(out, ann)
 	return out
 }
 
@@ -30,7 +33,8 @@ func TestPortmapSeedCorpus(t *testing.T) {
 	writeOwnSeeds(t, "FuzzSSDPAnswer", ssdpAnswerSeeds())
 }
 
-// FuzzPCPAnswer checks the PCP MAP answer decoder: no panic; a success
+// FuzzPCPAnswer checks the PCP answer decoders. ANNOUNCE: typed errors, a
+// success only for a well-formed version-2 ANNOUNCE answer. MAP: no panic; a success
 // comes only from a 60..1100-byte, 4-aligned version-2 MAP answer and has a
 // non-zero port unless it is a deletion (lifetime 0); re-encoding the
 // decoded fields as a request gives back the answer's nonce, internal port
@@ -41,8 +45,15 @@ func FuzzPCPAnswer(f *testing.F) {
 	}
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, b []byte) {
-		m, err := portmap.ParsePCPMapAnswer(b)
 		var re portmap.PCPResultError
+		if err := portmap.ParsePCPAnnounceAnswer(b); err != nil {
+			if !errors.Is(err, portmap.ErrMalformed) && !errors.As(err, &re) {
+				t.Fatalf("ANNOUNCE: untyped error %v", err)
+			}
+		} else if len(b) < 24 || len(b) > 1100 || len(b)%4 != 0 || b[0] != 2 || b[1] != 0x80 || b[3] != 0 {
+			t.Fatalf("accepted %d bytes as an ANNOUNCE answer", len(b))
+		}
+		m, err := portmap.ParsePCPMapAnswer(b)
 		if err != nil {
 			if !errors.Is(err, portmap.ErrMalformed) && !errors.As(err, &re) {
 				t.Fatalf("untyped error %v", err)

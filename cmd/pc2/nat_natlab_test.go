@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -89,6 +90,18 @@ nat:
 			t.Fatalf("nft: %v", err)
 		}
 		return out
+	}
+	// `pc2 nat map` on another port: granted, printed, deleted.
+	out, err := lab.Run(ctx, "alice", pc2Bin, "nat", "map", "--port", "40100", "--json")
+	if err != nil {
+		t.Fatalf("pc2 nat map: %v", err)
+	}
+	var m struct{ Protocol, External string }
+	if err := json.Unmarshal([]byte(out), &m); err != nil || m.External != home.Addrs[0].String()+":40100" {
+		t.Fatalf("pc2 nat map printed %q (%v)", out, err)
+	}
+	if tb := table(); strings.Contains(tb, "40100") {
+		t.Fatalf("pc2 nat map left its mapping:\n%s", tb)
 	}
 	if !strings.Contains(table(), "39003") {
 		t.Fatalf("mapping not in the router's table:\n%s", table())

@@ -14,6 +14,7 @@ import (
 // context: each call gets the time left in ctx (at most 2 s).
 type natpmpClient struct {
 	gw, local netip.Addr
+	internal  uint16 // 0 until a mapping was asked for
 	last      uint16
 }
 
@@ -43,6 +44,7 @@ func (c *natpmpClient) mapPort(ctx context.Context, internal uint16, lifetime ti
 	if want == 0 {
 		want = internal
 	}
+	c.internal = internal
 	if cl, err = c.client(ctx); err != nil {
 		return Mapping{}, err
 	}
@@ -60,13 +62,28 @@ func (c *natpmpClient) mapPort(ctx context.Context, internal uint16, lifetime ti
 		Lifetime: time.Duration(r.PortMappingLifetimeInSeconds) * time.Second}, nil
 }
 
-func (c *natpmpClient) unmap(ctx context.Context, m Mapping) error {
+// probe asks for the public address, which maps nothing.
+func (c *natpmpClient) probe(ctx context.Context) error {
+	cl, err := c.client(ctx)
+	if err != nil {
+		return err
+	}
+	if _, err := cl.GetExternalAddress(); err != nil {
+		return fmt.Errorf("portmap: nat-pmp: %w", err)
+	}
+	return nil
+}
+
+func (c *natpmpClient) unmap(ctx context.Context) error {
+	if c.internal == 0 {
+		return nil
+	}
 	cl, err := c.client(ctx)
 	if err != nil {
 		return err
 	}
 	// RFC 6886 §3.4: lifetime 0 and suggested external port 0 delete.
-	if _, err := cl.AddPortMapping("udp", int(m.Internal.Port()), 0, 0); err != nil {
+	if _, err := cl.AddPortMapping("udp", int(c.internal), 0, 0); err != nil {
 		return fmt.Errorf("portmap: nat-pmp unmap: %w", err)
 	}
 	return nil

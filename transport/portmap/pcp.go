@@ -72,6 +72,34 @@ func AppendPCPMapRequest(b []byte, m PCPMap) []byte {
 	return append(b, p[:]...)
 }
 
+// AppendPCPAnnounce appends an ANNOUNCE request (RFC 6887 §14.1): the
+// common header alone, opcode 0, lifetime 0.
+func AppendPCPAnnounce(b []byte, client netip.Addr) []byte {
+	var p [24]byte
+	p[0] = pcpVersion
+	c16 := client.As16()
+	copy(p[8:24], c16[:])
+	return append(b, p[:]...)
+}
+
+// ParsePCPAnnounceAnswer checks an ANNOUNCE answer: version 2, R bit,
+// opcode 0, 24..1100 bytes, a multiple of 4; a non-zero result is a
+// PCPResultError (and a NAT-PMP server's "unsupported version" is one too).
+func ParsePCPAnnounceAnswer(b []byte) error {
+	if len(b) >= 4 && b[0] == 0 && b[1]&0x80 != 0 && binary.BigEndian.Uint16(b[2:]) == 1 {
+		return PCPResultError{Code: 1}
+	}
+	switch {
+	case len(b) < 24 || len(b) > pcpMaxMessage || len(b)%4 != 0:
+		return fmt.Errorf("%w: pcp answer of %d bytes", ErrMalformed, len(b))
+	case b[0] != pcpVersion || b[1] != 0x80:
+		return fmt.Errorf("%w: not a pcp ANNOUNCE answer (%#x %#x)", ErrMalformed, b[0], b[1])
+	case b[3] != 0:
+		return PCPResultError{Code: b[3]}
+	}
+	return nil
+}
+
 // ParsePCPMapAnswer decodes a MAP answer (RFC 6887 §7.2, §11.1). It checks
 // the version, the R bit, the opcode, the size (60 bytes plus options, at
 // most 1100, a multiple of 4) and, on success, an assigned port and
@@ -114,11 +142,13 @@ func ParsePCPMapAnswer(b []byte) (PCPMap, error) {
 type pcpClient struct {
 	gw, local netip.Addr
 	nonce     [12]byte
+	port      uint16 // the port to map
+	internal  uint16 // 0 until a request was sent
 	last      netip.AddrPort
 }
 
-func newPCPClient(gw, local netip.Addr) *pcpClient {
-	c := &pcpClient{gw: gw, local: local}
+func newPCPClient(gw, local netip.Addr, port uint16) *pcpClient {
+	c := &pcpClient{gw: gw, local: local, port: port}
 	_, _ = rand.Read(c.nonce[:])
 	return c
 }
@@ -126,6 +156,7 @@ func newPCPClient(gw, local netip.Addr) *pcpClient {
 func (c *pcpClient) protocol() Protocol { return PCP }
 
 func (c *pcpClient) mapPort(ctx context.Context, internal uint16, lifetime time.Duration) (Mapping, error) {
+	c.internal = internal
 	ext := c.last
 	if !ext.IsValid() {
 		ext = netip.AddrPortFrom(netip.Addr{}, internal) // suggest the same port
@@ -140,24 +171,59 @@ func (c *pcpClient) mapPort(ctx context.Context, internal uint16, lifetime time.
 		Lifetime: time.Duration(ans.Lifetime) * time.Second}, nil
 }
 
-func (c *pcpClient) unmap(ctx context.Context, m Mapping) error {
-	_, err := c.call(ctx, PCPMap{Nonce: c.nonce, Client: c.local, Internal: m.Internal.Port(), Lifetime: 0})
+// probe sends ANNOUNCE (RFC 6887 §14.1), which any PCP server answers and
+// which maps nothing.
+func (c *pcpClient) probe(ctx context.Context) error {
+	return c.exchange(ctx, AppendPCPAnnounce(nil, c.local), func(b []byte) (bool, error) {
+		err := ParsePCPAnnounceAnswer(b)
+		var re PCPResultError
+		if err != nil && !errors.As(err, &re) {
+			return false, nil // not an ANNOUNCE answer
+		}
+		return true, err
+	})
+}
+
+func (c *pcpClient) unmap(ctx context.Context) error {
+	if c.internal == 0 {
+		return nil
+	}
+	_, err := c.call(ctx, PCPMap{Nonce: c.nonce, Client: c.local, Internal: c.internal, Lifetime: 0})
 	return err
 }
 
-// call sends req until a matching answer comes (250 ms, doubling) or ctx ends.
+// call sends a MAP request until its answer comes (250 ms, doubling) or
+// ctx ends.
 func (c *pcpClient) call(ctx context.Context, req PCPMap) (PCPMap, error) {
+	var ans PCPMap
+	err := c.exchange(ctx, AppendPCPMapRequest(nil, req), func(b []byte) (bool, error) {
+		a, err := ParsePCPMapAnswer(b)
+		var re PCPResultError
+		switch {
+		case errors.As(err, &re) && (re.Code == 1 || a.Nonce == req.Nonce):
+			return true, err
+		case err != nil || a.Nonce != req.Nonce || a.Internal != req.Internal:
+			return false, nil // not ours
+		}
+		ans = a
+		return true, nil
+	})
+	return ans, err
+}
+
+// exchange sends pkt to the gateway's PCP port until done accepts an
+// answer (250 ms, doubling) or ctx ends.
+func (c *pcpClient) exchange(ctx context.Context, pkt []byte, done func([]byte) (bool, error)) error {
 	conn, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(c.gw, pcpPort)))
 	if err != nil {
-		return PCPMap{}, fmt.Errorf("portmap: pcp: %w", err)
+		return fmt.Errorf("portmap: pcp: %w", err)
 	}
 	defer conn.Close()
-	pkt := AppendPCPMapRequest(nil, req)
 	buf := make([]byte, pcpMaxMessage+1)
 	wait := 250 * time.Millisecond
 	for {
 		if _, err := conn.Write(pkt); err != nil {
-			return PCPMap{}, fmt.Errorf("portmap: pcp: %w", err)
+			return fmt.Errorf("portmap: pcp: %w", err)
 		}
 		deadline := time.Now().Add(wait)
 		if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
@@ -170,19 +236,13 @@ func (c *pcpClient) call(ctx context.Context, req PCPMap) (PCPMap, error) {
 				// Timeout, or an ICMP refusal (no PCP server): either
 				// way wait out this round before resending.
 				if err := sleepUntil(ctx, deadline); err != nil {
-					return PCPMap{}, fmt.Errorf("portmap: pcp: no answer from %s: %w", c.gw, err)
+					return fmt.Errorf("portmap: pcp: no answer from %s: %w", c.gw, err)
 				}
 				break
 			}
-			ans, err := ParsePCPMapAnswer(buf[:n])
-			var re PCPResultError
-			switch {
-			case errors.As(err, &re) && (re.Code == 1 || ans.Nonce == req.Nonce):
-				return PCPMap{}, err
-			case err != nil || ans.Nonce != req.Nonce || ans.Internal != req.Internal:
-				continue // not ours
+			if ok, err := done(buf[:n]); ok {
+				return err
 			}
-			return ans, nil
 		}
 		wait *= 2
 	}

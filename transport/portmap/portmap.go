@@ -5,9 +5,10 @@
 // It exists because a mapped port turns a node behind a NAT into one that
 // peers can dial directly (no punching, no relay), and a node with a mapping
 // can even relay for others. The three protocols are tried at once and the
-// first to grant a mapping wins (a gateway often speaks several; waiting for
-// each in turn would make start-up as slow as the slowest silence). Mappings
-// are renewed at half their lifetime and deleted on Close.
+// protocols are probed at once (a gateway often speaks several; trying each
+// in turn would make start-up as slow as the slowest silence) and the most
+// preferred one that answers (PCP, then NAT-PMP, then UPnP) maps the port.
+// Mappings are renewed at half their lifetime and deleted on Close.
 //
 // NAT-PMP uses github.com/jackpal/go-nat-pmp and UPnP github.com/huin/goupnp;
 // PCP is written here (see pcp.go). All only reach the nearest NAT: behind a
@@ -75,8 +76,11 @@ var ErrNoGateway = errors.New("portmap: no gateway granted a mapping")
 // client is one protocol's way to map a port.
 type client interface {
 	protocol() Protocol
+	// probe tells whether the gateway speaks the protocol; it maps nothing.
+	probe(ctx context.Context) error
 	mapPort(ctx context.Context, internal uint16, lifetime time.Duration) (Mapping, error)
-	unmap(ctx context.Context, m Mapping) error
+	// unmap deletes what the client mapped (nothing if it never did).
+	unmap(ctx context.Context) error
 }
 
 // Mapper holds one mapping and renews it.
@@ -87,8 +91,7 @@ type Mapper struct {
 	c      client
 	cur    Mapping
 	cancel context.CancelFunc
-	wg     sync.WaitGroup // renewal and losers' cleanup
-	kick   chan struct{}  // renew now
+	wg     sync.WaitGroup // renewal
 }
 
 // Map finds the gateway, asks every protocol at once, keeps the first
@@ -126,7 +129,7 @@ func Map(ctx context.Context, cfg Config) (*Mapper, error) {
 	for _, p := range cfg.Protocols {
 		switch p {
 		case PCP:
-			clients = append(clients, newPCPClient(gw, local))
+			clients = append(clients, newPCPClient(gw, local, cfg.Port))
 		case NATPMP:
 			clients = append(clients, &natpmpClient{gw: gw, local: local})
 		case UPnP:
@@ -135,7 +138,7 @@ func Map(ctx context.Context, cfg Config) (*Mapper, error) {
 			return nil, fmt.Errorf("portmap: unknown protocol %q", p)
 		}
 	}
-	m := &Mapper{cfg: cfg, log: log, kick: make(chan struct{}, 1)}
+	m := &Mapper{cfg: cfg, log: log}
 	if err := m.race(ctx, clients); err != nil {
 		return nil, err
 	}
@@ -146,64 +149,89 @@ func Map(ctx context.Context, cfg Config) (*Mapper, error) {
 	return m, nil
 }
 
-type attempt struct {
-	c   client
-	m   Mapping
-	err error
-}
+// probeGrace is how long a less preferred protocol that answered waits for
+// a more preferred one that has not answered yet.
+const probeGrace = 300 * time.Millisecond
 
-// race runs every client at once; the first success wins. Successes that
-// come later are deleted in the background (Close waits for that).
+// race probes every protocol at once without mapping anything (a PCP
+// deletion of nothing, a NAT-PMP public address request, an SSDP search),
+// then maps with the most preferred protocol that answered. Only one
+// protocol ever maps: the protocols share one table in the gateway
+// (miniupnpd's), so two mappings of one port by different protocols would
+// fight over the same entry (a PCP deletion is refused once NAT-PMP has
+// touched it).
 func (m *Mapper) race(ctx context.Context, clients []client) error {
-	actx, cancel := context.WithTimeout(ctx, m.cfg.Timeout)
-	results := make(chan attempt, len(clients))
-	for _, c := range clients {
-		go func() {
-			mp, err := c.mapPort(actx, m.cfg.Port, m.cfg.Lifetime)
-			results <- attempt{c, mp, err}
-		}()
+	pctx, cancel := context.WithTimeout(ctx, m.cfg.Timeout)
+	defer cancel() // ends the probes still running
+	type probed struct {
+		i   int
+		err error
 	}
-	var errs []error
-	for i := range clients {
-		a := <-results
-		if a.err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", a.c.protocol(), a.err))
+	results := make(chan probed, len(clients))
+	for i, c := range clients {
+		go func() { results <- probed{i, c.probe(pctx)} }()
+	}
+	const pending, ok, failed = 0, 1, 2
+	state := make([]int, len(clients))
+	errs := make([]error, len(clients))
+	var grace <-chan time.Time
+	graceOver := false
+	for {
+		pick, wait := -1, false
+		for i := range clients {
+			if state[i] == ok {
+				pick = i
+				break
+			}
+			if state[i] == pending && !graceOver {
+				wait = true
+				break
+			}
+		}
+		if pick >= 0 {
+			c := clients[pick]
+			mctx, mcancel := context.WithTimeout(ctx, m.cfg.Timeout)
+			mp, err := c.mapPort(mctx, m.cfg.Port, m.cfg.Lifetime)
+			mcancel()
+			if err == nil {
+				m.c, m.cur = c, mp
+				m.log.Info("port mapped", "protocol", mp.Protocol, "external", mp.External, "internal", mp.Internal, "lifetime", mp.Lifetime)
+				return nil
+			}
+			state[pick], errs[pick] = failed, err
 			continue
 		}
-		cancel() // the others stop trying
-		m.c, m.cur = a.c, a.m
-		m.log.Info("port mapped", "protocol", a.m.Protocol, "external", a.m.External, "internal", a.m.Internal, "lifetime", a.m.Lifetime)
-		rest := len(clients) - i - 1
-		won := a.m.External
-		m.wg.Add(1)
-		go func() {
-			defer m.wg.Done()
-			for range rest {
-				// A loser that mapped the same external port on the same
-				// gateway holds the winner's own entry (miniupnpd keeps one
-				// table for all three protocols): deleting it would delete
-				// the winner's mapping.
-				l := <-results
-				switch {
-				case l.err != nil:
-				case l.m.External == won:
-					// It may also have shortened the entry's lease:
-					// have the winner renew it now.
-					select {
-					case m.kick <- struct{}{}:
-					default:
+		if !wait {
+			all := true
+			for _, st := range state {
+				all = all && st == failed
+			}
+			if all || graceOver {
+				var es []error
+				for i, e := range errs {
+					if e != nil {
+						es = append(es, fmt.Errorf("%s: %w", clients[i].protocol(), e))
 					}
-				default:
-					dctx, dcancel := context.WithTimeout(context.Background(), 2*time.Second)
-					_ = l.c.unmap(dctx, l.m)
-					dcancel()
+				}
+				return fmt.Errorf("%w: %w", ErrNoGateway, errors.Join(es...))
+			}
+		}
+		select {
+		case r := <-results:
+			if r.err != nil {
+				state[r.i], errs[r.i] = failed, r.err
+			} else {
+				state[r.i] = ok
+				if grace == nil {
+					grace = time.After(probeGrace)
 				}
 			}
-		}()
-		return nil
+		case <-grace:
+			graceOver, grace = true, nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
-	cancel()
-	return fmt.Errorf("%w: %w", ErrNoGateway, errors.Join(errs...))
 }
 
 // Mapping returns the current mapping (zero once lost).
@@ -231,8 +259,6 @@ func (m *Mapper) renew(ctx context.Context) {
 			t.Stop()
 			return
 		case <-t.C:
-		case <-m.kick:
-			t.Stop()
 		}
 		actx, cancel := context.WithTimeout(ctx, m.cfg.Timeout)
 		next, err := m.c.mapPort(actx, m.cfg.Port, m.cfg.Lifetime)
@@ -277,10 +303,7 @@ func (m *Mapper) Close(ctx context.Context) error {
 	cur := m.cur
 	m.cur = Mapping{}
 	m.mu.Unlock()
-	if !cur.External.IsValid() {
-		return nil
-	}
-	if err := m.c.unmap(ctx, cur); err != nil {
+	if err := m.c.unmap(ctx); err != nil {
 		return err
 	}
 	m.log.Info("port mapping deleted", "protocol", cur.Protocol, "external", cur.External)

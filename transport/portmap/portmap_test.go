@@ -53,6 +53,26 @@ func TestPCPRoundTrip(t *testing.T) {
 	}
 }
 
+func TestPCPAnnounce(t *testing.T) {
+	b := AppendPCPAnnounce(nil, netip.MustParseAddr("10.0.1.2"))
+	if len(b) != 24 || b[0] != 2 || b[1] != 0 {
+		t.Fatalf("announce %x", b)
+	}
+	ans := bytes.Clone(b)
+	ans[1] = 0x80
+	if err := ParsePCPAnnounceAnswer(ans); err != nil {
+		t.Fatal(err)
+	}
+	ans[3] = 2
+	var re PCPResultError
+	if err := ParsePCPAnnounceAnswer(ans); !errors.As(err, &re) || re.Code != 2 {
+		t.Fatalf("result 2: %v", err)
+	}
+	if err := ParsePCPAnnounceAnswer(b); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("a request accepted as an answer: %v", err)
+	}
+}
+
 func TestParseRoutes(t *testing.T) {
 	const table = `Iface	Destination	Gateway 	Flags	RefCnt	Use	Metric	Mask		MTU	Window	IRTT
 eth0	000200C0	00000000	0001	0	0	0	00FFFFFF	0	0	0

@@ -27,7 +27,7 @@ type igd interface {
 type upnpClient struct {
 	gw, local netip.Addr
 	dev       igd
-	last      uint16
+	last      uint16 // the external port held
 }
 
 func (c *upnpClient) protocol() Protocol { return UPnP }
@@ -55,6 +55,16 @@ func (c *upnpClient) discover(ctx context.Context) (igd, error) {
 		return cs[0], nil
 	}
 	return nil, errors.New("portmap: upnp: the gateway's device has no WAN connection service")
+}
+
+// probe finds the gateway's IGD (kept for mapPort).
+func (c *upnpClient) probe(ctx context.Context) error {
+	dev, err := c.discover(ctx)
+	if err != nil {
+		return err
+	}
+	c.dev = dev
+	return nil
 }
 
 func (c *upnpClient) mapPort(ctx context.Context, internal uint16, lifetime time.Duration) (Mapping, error) {
@@ -86,11 +96,11 @@ func (c *upnpClient) mapPort(ctx context.Context, internal uint16, lifetime time
 		Internal: netip.AddrPortFrom(c.local, internal), Lifetime: lifetime}, nil
 }
 
-func (c *upnpClient) unmap(ctx context.Context, m Mapping) error {
-	if c.dev == nil {
+func (c *upnpClient) unmap(ctx context.Context) error {
+	if c.dev == nil || c.last == 0 {
 		return nil
 	}
-	if err := c.dev.DeletePortMappingCtx(ctx, "", m.External.Port(), "UDP"); err != nil {
+	if err := c.dev.DeletePortMappingCtx(ctx, "", c.last, "UDP"); err != nil {
 		return fmt.Errorf("portmap: upnp unmap: %w", err)
 	}
 	return nil
