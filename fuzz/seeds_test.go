@@ -12,10 +12,12 @@ import (
 // functions when PC2_WRITE_SEEDS=1; otherwise it checks the corpus exists.
 func TestWriteSeedCorpus(t *testing.T) {
 	targets := map[string][][]byte{
-		"FuzzClientHello":  clientHelloSeeds(),
-		"FuzzProxyProtoV2": proxyProtoSeeds(),
-		"FuzzSTUNAnswer":   stunSeeds(),
-		"FuzzTunnelHeader": tunnelHeaderSeeds(),
+		"FuzzClientHello":       clientHelloSeeds(),
+		"FuzzProxyProtoV2":      proxyProtoSeeds(),
+		"FuzzSTUNAnswer":        stunSeeds(),
+		"FuzzTunnelHeader":      tunnelHeaderSeeds(),
+		"FuzzMeshFrame":         meshFrameSeeds(),
+		"FuzzMeshForwardHeader": meshForwardSeeds(),
 	}
 	for name, seeds := range targets {
 		dir := filepath.Join("testdata", "fuzz", name)

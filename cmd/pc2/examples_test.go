@@ -1,6 +1,7 @@
 package main
 
 import (
+	fedmesh "github.com/elacity/pc2/federation/mesh"
 	"path/filepath"
 	"testing"
 
@@ -30,6 +31,7 @@ func TestConfigExamplesLoad(t *testing.T) {
 		"tunnel-client": func() any { return &tunnel.ClientServiceConfig{} },
 		"stun":          func() any { c := stun.DefaultServiceConfig(false); return &c },
 		"nat":           func() any { c := nat.DefaultConfig(false); return &c },
+		"mesh":          func() any { c := fedmesh.DefaultConfig(false); return &c },
 	}
 	for file, r := range map[string]role{"supernode.yaml": roleSupernode, "node.yaml": roleNode} {
 		var sections []string

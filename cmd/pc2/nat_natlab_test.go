@@ -72,7 +72,7 @@ stun:
 metrics:
   listen: "off"
 nat:
-  listen: 0.0.0.0:39003
+  listen: 0.0.0.0:39010
   stun: [%s:3478]
   portMapping: true
 `, super.Addrs[0])), 0o600)
@@ -82,7 +82,7 @@ nat:
 	}
 	defer np.Stop(5 * time.Second)
 	waitLog(t, np, "reflexive address", "udp="+home.Addrs[0].String()+":", "mapping=EIM", "filtering=APDF")
-	waitLog(t, np, "port mapped", "external="+home.Addrs[0].String()+":39003")
+	waitLog(t, np, "port mapped", "external="+home.Addrs[0].String()+":39010")
 
 	table := func() string {
 		out, err := lab.Run(ctx, "home", "nft", "list", "table", "inet", "miniupnpd")
@@ -103,14 +103,14 @@ nat:
 	if tb := table(); strings.Contains(tb, "40100") {
 		t.Fatalf("pc2 nat map left its mapping:\n%s", tb)
 	}
-	if !strings.Contains(table(), "39003") {
+	if !strings.Contains(table(), "39010") {
 		t.Fatalf("mapping not in the router's table:\n%s", table())
 	}
 	np.Stop(10 * time.Second)
 	if err := np.Wait(ctx); err != nil {
 		t.Errorf("node exit: %v\n%s", err, np.Stderr())
 	}
-	if out := table(); strings.Contains(out, "39003") {
+	if out := table(); strings.Contains(out, "39010") {
 		t.Fatalf("mapping left in the router's table after the node stopped:\n%s", out)
 	}
 }

@@ -4,11 +4,14 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"net"
 	"os"
 
 	"github.com/elacity/pc2/core/config"
 	"github.com/elacity/pc2/core/host"
+	"github.com/elacity/pc2/core/identity"
 	dhtnode "github.com/elacity/pc2/dht/node"
+	fedmesh "github.com/elacity/pc2/federation/mesh"
 	"github.com/elacity/pc2/gateway/dns"
 	"github.com/elacity/pc2/gateway/httproute"
 	"github.com/elacity/pc2/gateway/sniproxy"
@@ -39,19 +42,40 @@ names it announces in the DHT (dhtpub), authoritative DNS (dns), plain HTTP
 routed by Host (http), QUIC tunnels for nodes behind NAT (tunnel, UDP :8090),
 TLS passthrough routed by SNI (sni) and STUN for nodes discovering their NAT
 (stun, UDP :3478); a name whose owner holds a tunnel here is served over the
-tunnel.`,
+tunnel. Supernodes federate (mesh, UDP :39003):
+they share registrations, forward visitors to the supernode holding a
+node's tunnel, and DNS answers only with supernodes that are alive.
+'pc2 supernode status' shows the mesh of a running supernode.`,
 	services: func() []host.Service {
 		dht := dhtnode.NewService()
 		pub := dhtpub.New(dht)
 		reg := registry.New()
-		reg.Publisher = pub
-		tun := tunnel.NewServerService(reg)
-		sni := sniproxy.NewService(reg)
-		sni.Tunnels = tun // names of nodes with a tunnel here go over it
+		var tun *tunnel.ServerService
+		mesh := fedmesh.NewService(reg, tunnelIDs{&tun})
+		tun = tunnel.NewServerService(mesh) // admits nodes owning a name anywhere in the federation
+		mesh.DHT, mesh.Next, mesh.Resolver = dht, pub, pub
+		reg.Publisher, reg.Claims = mesh, mesh
+		sni := sniproxy.NewService(mesh)
+		sni.Tunnels = mesh // names of nodes with a tunnel here go over it, else over the mesh
 		// Start order matters: the DHT before the publisher, the registry
-		// before DNS, which reads its zones at start.
-		return []host.Service{dht, pub, reg, dns.New(reg), httproute.New(reg), tun, sni, stun.NewService()}
+		// before the mesh (which sends its names to peers) and DNS (which
+		// reads its zones at start).
+		return []host.Service{dht, pub, reg, mesh, dns.New(mesh), httproute.New(mesh), tun, sni, stun.NewService()}
 	},
+}
+
+// tunnelIDs lets the mesh, built before the tunnel server, reach it.
+type tunnelIDs struct{ tun **tunnel.ServerService }
+
+func (t tunnelIDs) Has(id identity.ID) bool { return *t.tun != nil && (*t.tun).Has(id) }
+func (t tunnelIDs) Dial(ctx context.Context, id identity.ID, service string, visitor net.Addr) (net.Conn, error) {
+	return (*t.tun).Dial(ctx, id, service, visitor)
+}
+func (t tunnelIDs) IDs() []identity.ID {
+	if *t.tun == nil {
+		return nil
+	}
+	return (*t.tun).IDs()
 }
 
 var roleNode = role{
@@ -117,6 +141,11 @@ func nodeCommand(r role) *command {
 				return err
 			}
 			return h.Run(ctx, func(info host.Info) {
+				for _, s := range services {
+					if r, ok := s.(interface{ HostReady(host.Info) }); ok {
+						r.HostReady(info) // e.g. the mesh announces endpoints of services started after it
+					}
+				}
 				if err := host.NotifyReadyFD(info); err != nil {
 					h.Logger().Warn("readiness notification failed", "err", err)
 				}

@@ -101,12 +101,23 @@ func (c *Client) Start() error {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	if m := c.cfg.Shared; m != nil {
+		// Several tunnels may share the socket: each takes only the wake
+		// messages of its own supernode (resolved once here; if that
+		// fails, it takes any and readWakes filters).
+		var sn netip.AddrPort
+		if ua, err := net.ResolveUDPAddr("udp", c.cfg.Supernode); err == nil {
+			sn = netip.AddrPortFrom(ua.AddrPort().Addr().Unmap(), ua.AddrPort().Port())
+		}
 		wakes := make(chan net.Addr, 1)
-		remove := m.Handle(func(p []byte) bool { return string(p) == string(wakeMessage) }, func(_ []byte, from netip.AddrPort) {
+		remove := m.Handle(func(p []byte) bool { return string(p) == string(wakeMessage) }, func(_ []byte, from netip.AddrPort) bool {
+			if sn.IsValid() && from != sn {
+				return false
+			}
 			select {
 			case wakes <- net.UDPAddrFromAddrPort(from):
 			default: // one pending wake is enough
 			}
+			return true
 		})
 		read := func(ctx context.Context, b []byte) (int, net.Addr, error) {
 			select {

@@ -185,6 +185,11 @@ type ClientServiceConfig struct {
 	// SupernodeID its node id; both empty: no tunnel.
 	Supernode   string `yaml:"supernode"`
 	SupernodeID string `yaml:"supernodeID"`
+	// Supernodes are more supernodes to hold a tunnel to at the same
+	// time (primary, secondary...): the node stays reachable through any
+	// one that is alive, and the federation forwards visitors of the
+	// others to one of them.
+	Supernodes []SupernodeConfig `yaml:"supernodes"`
 	// Services are the local services reachable through the tunnel. The
 	// supernode's SNI gateway asks for "https".
 	Services []struct {
@@ -194,11 +199,19 @@ type ClientServiceConfig struct {
 	} `yaml:"services"`
 }
 
-// ClientService runs a Client in a host under the section "tunnel-client".
+// SupernodeConfig is one supernode's tunnel endpoint and node id.
+type SupernodeConfig struct {
+	Addr string `yaml:"addr"` // UDP host:port
+	ID   string `yaml:"id"`
+}
+
+// ClientService runs one Client per configured supernode in a host under
+// the section "tunnel-client".
 type ClientService struct {
-	cli atomic.Pointer[Client]
+	cli  atomic.Pointer[Client] // the first
+	clis []*Client
 	// Shared, if set, returns the node's shared UDP socket (the nat
-	// service's, which must start first); the tunnel then runs on it.
+	// service's, which must start first); the tunnels then run on it.
 	Shared func() *udpmux.Mux
 }
 
@@ -208,8 +221,11 @@ func NewClientService() *ClientService { return &ClientService{} }
 // Name implements host.Service.
 func (s *ClientService) Name() string { return "tunnel-client" }
 
-// Client returns the running client, or nil.
+// Client returns the running client of the first supernode, or nil.
 func (s *ClientService) Client() *Client { return s.cli.Load() }
+
+// Clients returns the running clients, one per supernode.
+func (s *ClientService) Clients() []*Client { return s.clis }
 
 // Start implements host.Service: it starts the reconnect loop and returns
 // at once; the tunnel comes up in the background.
@@ -219,15 +235,29 @@ func (s *ClientService) Start(_ context.Context, h host.Handle) error {
 	if err := sec.Decode(&c); err != nil {
 		return err
 	}
-	if c.Supernode == "" && c.SupernodeID == "" {
+	if c.Supernode == "" && c.SupernodeID == "" && len(c.Supernodes) == 0 {
 		h.Logger().Info("no supernode configured; no tunnel")
 		return nil
 	}
 	var errs []error
-	errs = append(errs, sec.CheckHostPort("supernode", c.Supernode))
-	sid, err := identity.ParseID(c.SupernodeID)
-	if err != nil {
-		errs = append(errs, sec.Errorf("supernodeID", err.Error()))
+	type target struct {
+		addr string
+		id   identity.ID
+	}
+	var targets []target
+	add := func(field, addr, idField, id string) {
+		errs = append(errs, sec.CheckHostPort(field, addr))
+		sid, err := identity.ParseID(id)
+		if err != nil {
+			errs = append(errs, sec.Errorf(idField, err.Error()))
+		}
+		targets = append(targets, target{addr, sid})
+	}
+	if c.Supernode != "" || c.SupernodeID != "" {
+		add("supernode", c.Supernode, "supernodeID", c.SupernodeID)
+	}
+	for i, sn := range c.Supernodes {
+		add(fmt.Sprintf("supernodes[%d].addr", i), sn.Addr, fmt.Sprintf("supernodes[%d].id", i), sn.ID)
 	}
 	services := map[string]Local{}
 	for _, svc := range c.Services {
@@ -240,30 +270,48 @@ func (s *ClientService) Start(_ context.Context, h host.Handle) error {
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
-	cc := ClientConfig{Supernode: c.Supernode, SupernodeID: sid, Services: services, Logger: h.Logger()}
+	var shared *udpmux.Mux
 	if s.Shared != nil {
-		cc.Shared = s.Shared()
+		shared = s.Shared()
 	}
-	cli := NewClient(h.Identity(), cc)
-	if err := cli.Start(); err != nil {
-		return err
+	for _, t := range targets {
+		cli := NewClient(h.Identity(), ClientConfig{Supernode: t.addr, SupernodeID: t.id, Services: services, Shared: shared, Logger: h.Logger()})
+		if err := cli.Start(); err != nil {
+			for _, c := range s.clis {
+				c.Close()
+			}
+			s.clis = nil
+			return err
+		}
+		s.clis = append(s.clis, cli)
 	}
-	s.cli.Store(cli)
+	s.cli.Store(s.clis[0])
+	clis := s.clis
 	m := h.Metrics()
 	m.Gauge("up", func() float64 {
-		if cli.Up() {
-			return 1
+		n := 0
+		for _, cli := range clis {
+			if cli.Up() {
+				n++
+			}
 		}
-		return 0
+		return float64(n)
 	})
-	m.Gauge("connects", func() float64 { return float64(cli.Connects.Load()) })
+	m.Gauge("connects", func() float64 {
+		var n int64
+		for _, cli := range clis {
+			n += cli.Connects.Load()
+		}
+		return float64(n)
+	})
 	return nil
 }
 
 // Stop implements host.Service.
 func (s *ClientService) Stop(context.Context) error {
-	if cli := s.cli.Load(); cli != nil {
-		return cli.Close()
+	var errs []error
+	for _, cli := range s.clis {
+		errs = append(errs, cli.Close())
 	}
-	return nil
+	return errors.Join(errs...)
 }

@@ -23,7 +23,7 @@ func TestTunnelOnSharedSocket(t *testing.T) {
 	}
 	defer mux.Close()
 	other := make(chan []byte, 1)
-	mux.Handle(udpmux.FirstByte(0x01, 0x01), func(p []byte, _ netip.AddrPort) { other <- append([]byte(nil), p...) })
+	mux.Handle(udpmux.FirstByte(0x01, 0x01), func(p []byte, _ netip.AddrPort) bool { other <- append([]byte(nil), p...); return true })
 
 	srvKey, cliKey := newKey(t), newKey(t)
 	upFrom := make(chan net.Addr, 4)

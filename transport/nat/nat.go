@@ -134,7 +134,7 @@ func (s *Service) Start(_ context.Context, h host.Handle) error {
 	}
 	s.mux = mux
 	s.client = stun.NewClient(mux)
-	mux.Handle(stun.IsResponse, func(p []byte, from netip.AddrPort) { s.client.Deliver(p, from) })
+	mux.Handle(stun.IsResponse, s.client.Deliver)
 	s.status.Local = mux.LocalAddr()
 	if adv, ok := h.(host.Advertiser); ok {
 		adv.Advertise("udp", mux.LocalAddr().String())

@@ -73,7 +73,7 @@ func agent(args []string) error {
 		}
 		defer m.Close()
 		c := stun.NewClient(m)
-		m.Handle(stun.IsResponse, func(p []byte, from netip.AddrPort) { c.Deliver(p, from) })
+		m.Handle(stun.IsResponse, c.Deliver)
 		f, err := stun.Listen("udp4", "0.0.0.0:0")
 		if err != nil {
 			return err

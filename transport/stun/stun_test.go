@@ -286,7 +286,7 @@ func TestBindingOnMuxDuringQUIC(t *testing.T) {
 	defer b.Close()
 	cl := stun.NewClient(b)
 	cl.Timing = fast
-	b.Handle(stun.IsResponse, func(pkt []byte, from netip.AddrPort) { cl.Deliver(pkt, from) })
+	b.Handle(stun.IsResponse, cl.Deliver)
 
 	kpA, _ := identity.Generate(rand.Reader)
 	kpB, _ := identity.Generate(rand.Reader)

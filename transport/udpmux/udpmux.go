@@ -21,7 +21,8 @@
 //	0x02-0x30, 0x35-0x3f  free (hole punching will take one)
 //
 // Handlers run on the read goroutine: they must return quickly and copy the
-// packet if they keep it. quic-go queues at most 32 non-QUIC packets while
+// packet if they keep it. A handler that does not take a packet (say, a
+// tunnel's wake message from another supernode) passes it on to the next. quic-go queues at most 32 non-QUIC packets while
 // the read goroutine is busy and drops the rest, which bounds the memory an
 // attacker can make a Mux hold.
 package udpmux
@@ -55,9 +56,11 @@ var ErrClosed = errors.New("udpmux: closed")
 // Matcher decides whether a Handler wants a packet. It must not keep pkt.
 type Matcher func(pkt []byte) bool
 
-// Handler receives a non-QUIC packet and its source. pkt is only valid during
-// the call: copy it to keep it.
-type Handler func(pkt []byte, from netip.AddrPort)
+// Handler receives a non-QUIC packet and its source and reports whether it
+// took it; if not, the next matching handler is tried (several clients of
+// one protocol can share the socket, each taking its own peers' packets).
+// pkt is only valid during the call: copy it to keep it.
+type Handler func(pkt []byte, from netip.AddrPort) bool
 
 // FirstByte matches packets whose first byte is in [lo, hi].
 func FirstByte(lo, hi byte) Matcher {
@@ -72,7 +75,8 @@ type Options struct {
 	ReadBuffer, WriteBuffer int
 }
 
-// Stats counts what the read goroutine did.
+// Stats counts what the read goroutine did: packets a handler took, and
+// packets none took.
 type Stats struct {
 	Delivered, Unmatched uint64
 }
@@ -166,7 +170,7 @@ func (m *Mux) Dial(ctx context.Context, to netip.AddrPort, tlsConf *tls.Config, 
 }
 
 // Handle registers h for the non-QUIC packets match accepts. Handlers are
-// tried in registration order; the first match gets the packet. The
+// tried in registration order until one that matches takes the packet. The
 // returned func removes the handler (idempotent); after it returns, h is not
 // called again except possibly for one packet already being dispatched.
 func (m *Mux) Handle(match Matcher, h Handler) (remove func()) {
@@ -236,13 +240,12 @@ func (m *Mux) readLoop(ctx context.Context) {
 	}
 }
 
-// dispatch hands one packet to the first matching handler.
+// dispatch hands one packet to the matching handlers until one takes it.
 func (m *Mux) dispatch(pkt []byte, from netip.AddrPort) {
 	from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
 	for _, r := range *m.routes.Load() {
-		if r.match(pkt) {
+		if r.match(pkt) && r.h(pkt, from) {
 			m.delivered.Add(1)
-			r.h(pkt, from)
 			return
 		}
 	}

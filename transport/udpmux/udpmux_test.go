@@ -31,9 +31,10 @@ func listen(t testing.TB) *udpmux.Mux {
 // echo answers every packet starting with 0x01 with the same bytes, first
 // byte 0x02.
 func echo(m *udpmux.Mux) func() {
-	return m.Handle(udpmux.FirstByte(0x01, 0x01), func(pkt []byte, from netip.AddrPort) {
+	return m.Handle(udpmux.FirstByte(0x01, 0x01), func(pkt []byte, from netip.AddrPort) bool {
 		out := append([]byte{0x02}, pkt[1:]...)
 		_ = m.WriteTo(out, from)
+		return true
 	})
 }
 
@@ -44,11 +45,12 @@ func TestQUICAndRawOnOneSocket(t *testing.T) {
 	a, b := listen(t), listen(t)
 	echo(a)
 	got := make(chan []byte, 64)
-	b.Handle(udpmux.FirstByte(0x02, 0x02), func(pkt []byte, from netip.AddrPort) {
+	b.Handle(udpmux.FirstByte(0x02, 0x02), func(pkt []byte, from netip.AddrPort) bool {
 		if from != a.LocalAddr() {
 			t.Errorf("echo from %s, want %s", from, a.LocalAddr())
 		}
 		got <- bytes.Clone(pkt)
+		return true
 	})
 
 	kpA, _ := identity.Generate(rand.Reader)
@@ -162,8 +164,11 @@ func TestRoutingAndRemove(t *testing.T) {
 	}
 	defer c.Close()
 	first, second := make(chan byte, 10), make(chan byte, 10)
-	removeFirst := m.Handle(udpmux.FirstByte(0x05, 0x06), func(p []byte, _ netip.AddrPort) { first <- p[0] })
-	m.Handle(udpmux.FirstByte(0x00, 0x3f), func(p []byte, _ netip.AddrPort) { second <- p[0] })
+	removeFirst := m.Handle(udpmux.FirstByte(0x05, 0x06), func(p []byte, _ netip.AddrPort) bool { first <- p[0]; return true })
+	// A handler that declines passes the packet on.
+	declined := 0
+	m.Handle(udpmux.FirstByte(0x00, 0x3f), func(p []byte, _ netip.AddrPort) bool { declined++; return false })
+	m.Handle(udpmux.FirstByte(0x00, 0x3f), func(p []byte, _ netip.AddrPort) bool { second <- p[0]; return true })
 	send := func(p []byte) {
 		if _, err := c.WriteToUDPAddrPort(p, m.LocalAddr()); err != nil {
 			t.Fatal(err)
@@ -188,7 +193,7 @@ func TestRoutingAndRemove(t *testing.T) {
 	removeFirst() // idempotent
 	send([]byte{0x06})
 	wait(second, 0x06)
-	m.Handle(udpmux.FirstByte(0x09, 0x09), func(p []byte, _ netip.AddrPort) { first <- p[0] })
+	m.Handle(udpmux.FirstByte(0x09, 0x09), func(p []byte, _ netip.AddrPort) bool { first <- p[0]; return true })
 	send([]byte{0x09}) // shadowed by the catch-all registered earlier
 	wait(second, 0x09)
 	big := make([]byte, 2000)
@@ -199,8 +204,8 @@ func TestRoutingAndRemove(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("long packet not delivered")
 	}
-	if st := m.Stats(); st.Delivered != 5 || st.Unmatched != 0 {
-		t.Errorf("stats %+v, want 5 delivered", st)
+	if st := m.Stats(); st.Delivered != 5 || st.Unmatched != 0 || declined != 4 {
+		t.Errorf("stats %+v, declined %d; want 5 delivered, 4 declined", st, declined)
 	}
 
 	// A mux with no handler counts what it drops.
@@ -226,7 +231,7 @@ func BenchmarkRawRoundTrip(b *testing.B) {
 	a, c := listen(b), listen(b)
 	echo(a)
 	got := make(chan struct{}, 1)
-	c.Handle(udpmux.FirstByte(0x02, 0x02), func([]byte, netip.AddrPort) { got <- struct{}{} })
+	c.Handle(udpmux.FirstByte(0x02, 0x02), func([]byte, netip.AddrPort) bool { got <- struct{}{}; return true })
 	msg := make([]byte, 64)
 	msg[0] = 0x01
 	b.ReportAllocs()
