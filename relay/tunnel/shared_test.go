@@ -73,3 +73,49 @@ func TestTunnelOnSharedSocket(t *testing.T) {
 	srv2.Wake([]netip.AddrPort{mux.LocalAddr()})
 	waitFor(t, "reconnect after wake", 10*time.Second, func() bool { return srv2.Has(cliKey.ID()) })
 }
+
+// TestTwoTunnelsShareASocket: two tunnels to two supernodes on one shared
+// socket; the second supernode restarts and wakes the node: the first
+// tunnel's wake handler (registered first) must pass the message on, and
+// the second tunnel comes back at once.
+func TestTwoTunnelsShareASocket(t *testing.T) {
+	mux, err := udpmux.Listen("udp4", "127.0.0.1:0", udpmux.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mux.Close()
+	cliKey := newKey(t)
+	var srvs [2]*Server
+	var keys [2]*identity.KeyPair
+	var addrs [2]string
+	var clis [2]*Client
+	for i := range 2 {
+		keys[i] = newKey(t)
+		srvs[i] = NewServer(keys[i], ServerConfig{})
+		a, err := srvs[i].Listen("127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addrs[i] = a.String()
+		clis[i] = NewClient(cliKey, ClientConfig{Supernode: addrs[i], SupernodeID: keys[i].ID(), Shared: mux,
+			Services: map[string]Local{"echo": {Addr: echoServer(t)}}, BackoffMin: time.Minute, BackoffMax: time.Minute, Logger: testLogger(t)})
+		if err := clis[i].Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer clis[i].Close()
+	}
+	defer srvs[0].Close()
+	waitFor(t, "both tunnels", 5*time.Second, func() bool { return srvs[0].Has(cliKey.ID()) && srvs[1].Has(cliKey.ID()) })
+	srvs[1].Close()
+	waitFor(t, "second tunnel down", 10*time.Second, func() bool { return !clis[1].Up() })
+	again := NewServer(keys[1], ServerConfig{})
+	if _, err := again.Listen(addrs[1]); err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	again.Wake([]netip.AddrPort{mux.LocalAddr()})
+	waitFor(t, "second tunnel back after its wake", 10*time.Second, func() bool { return again.Has(cliKey.ID()) })
+	if !clis[0].Up() {
+		t.Fatal("first tunnel went down")
+	}
+}
