@@ -14,6 +14,8 @@ import (
 	"github.com/elacity/pc2/plugins/registry/client"
 	"github.com/elacity/pc2/relay/circuit"
 	"github.com/elacity/pc2/relay/tunnel"
+	"github.com/elacity/pc2/transport/nat"
+	"github.com/elacity/pc2/transport/stun"
 )
 
 // The documented examples must always load, every section strictly into
@@ -29,6 +31,8 @@ func TestConfigExamplesLoad(t *testing.T) {
 		"names":         func() any { c := client.DefaultConfig(); return &c },
 		"tunnel-client": func() any { return &tunnel.ClientServiceConfig{} },
 		"relay":         func() any { c := circuit.DefaultServiceConfig(false, true); return &c },
+		"stun":          func() any { c := stun.DefaultServiceConfig(false); return &c },
+		"nat":           func() any { c := nat.DefaultConfig(false); return &c },
 		"mesh":          func() any { c := fedmesh.DefaultConfig(false); return &c },
 	}
 	for file, r := range map[string]role{"supernode.yaml": roleSupernode, "node.yaml": roleNode} {

@@ -50,6 +50,7 @@ func root() *command {
 			nodeCommand(roleNode),
 			devnetCommand(),
 			natlabCommand(),
+			natCommand(),
 			dhtCommand(),
 			nameCommand(),
 			versionCommand(),

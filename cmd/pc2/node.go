@@ -20,6 +20,8 @@ import (
 	"github.com/elacity/pc2/plugins/registry/dhtpub"
 	"github.com/elacity/pc2/relay/circuit"
 	"github.com/elacity/pc2/relay/tunnel"
+	"github.com/elacity/pc2/transport/nat"
+	"github.com/elacity/pc2/transport/stun"
 )
 
 type role struct {
@@ -40,9 +42,10 @@ bootstrap DHT node (section dht), the name registry API (registry) whose
 names it announces in the DHT (dhtpub), authoritative DNS (dns), plain HTTP
 routed by Host (http), QUIC tunnels for nodes behind NAT (tunnel, UDP :8090),
 a relay for peers that cannot connect directly (relay, UDP :39004; it
-forwards the packets of their end-to-end QUIC connection under quotas) and
-TLS passthrough routed by SNI (sni); a name whose owner holds a tunnel here
-is served over the tunnel. Supernodes federate (mesh, UDP :39003):
+forwards the packets of their end-to-end QUIC connection under quotas),
+TLS passthrough routed by SNI (sni) and STUN for nodes discovering their NAT
+(stun, UDP :3478); a name whose owner holds a tunnel here is served over the
+tunnel. Supernodes federate (mesh, UDP :39003):
 they share registrations, forward visitors to the supernode holding a
 node's tunnel, and DNS answers only with supernodes that are alive.
 'pc2 supernode status' shows the mesh of a running supernode.`,
@@ -62,7 +65,7 @@ node's tunnel, and DNS answers only with supernodes that are alive.
 		// reads its zones at start).
 		web := httproute.New(mesh)
 		web.Tunnels = mesh // names whose http is "tunnel": over the tunnel here, else over the mesh
-		return []host.Service{dht, pub, reg, mesh, dns.New(mesh), web, tun, circuit.NewService(mesh, true), sni}
+		return []host.Service{dht, pub, reg, mesh, dns.New(mesh), web, tun, circuit.NewService(mesh, true), sni, stun.NewService()}
 	},
 }
 
@@ -88,11 +91,17 @@ nodes directly. With --dev it starts with no config file. It keeps the names
 of its "names" section registered at a supernode and renews them, and keeps
 a QUIC tunnel to the supernode of its "tunnel-client" section (supernode,
 supernodeID, services: [{name: https, addr: 127.0.0.1:4200}]), so its names
-are served through the supernode even behind NAT. With "relay: {enabled:
-true}" (and a public address or port mapping) it also relays for other
-peers (Level 3), under the quotas of that section.`,
+are served through the supernode even behind NAT. Its "nat" section opens
+the node's shared UDP socket, finds its reflexive address and NAT class from
+STUN servers (stun: [supernode:3478]) and asks the home gateway for a port
+mapping (PCP, NAT-PMP or UPnP); the tunnel runs on that same socket. With
+"relay: {enabled: true}" (and a public address or port mapping) it also
+relays for other peers (Level 3), under the quotas of that section.`,
 	services: func() []host.Service {
-		return []host.Service{client.NewService(), tunnel.NewClientService(), circuit.NewService(nil, false)}
+		natSvc := nat.NewService()
+		tun := tunnel.NewClientService()
+		tun.Shared = natSvc.Mux // the tunnel uses the socket whose NAT mapping nat discovers
+		return []host.Service{natSvc, client.NewService(), tun, circuit.NewService(nil, false)}
 	},
 }
 

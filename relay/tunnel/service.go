@@ -15,6 +15,7 @@ import (
 	"github.com/elacity/pc2/core/host"
 	"github.com/elacity/pc2/core/identity"
 	"github.com/elacity/pc2/core/store"
+	"github.com/elacity/pc2/transport/udpmux"
 )
 
 // maxRemembered bounds the node addresses kept for waking after a restart.
@@ -280,6 +281,9 @@ type SupernodeConfig struct {
 type ClientService struct {
 	cli  atomic.Pointer[Client] // the first
 	clis []*Client
+	// Shared, if set, returns the node's shared UDP socket (the nat
+	// service's, which must start first); the tunnels then run on it.
+	Shared func() *udpmux.Mux
 }
 
 // NewClientService returns an unstarted service.
@@ -358,8 +362,12 @@ func (s *ClientService) Start(_ context.Context, h host.Handle) error {
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
+	var shared *udpmux.Mux
+	if s.Shared != nil {
+		shared = s.Shared()
+	}
 	for _, t := range targets {
-		cli := NewClient(h.Identity(), ClientConfig{Supernode: t.addr, SupernodeID: t.id, Services: services, Logger: h.Logger(),
+		cli := NewClient(h.Identity(), ClientConfig{Supernode: t.addr, SupernodeID: t.id, Services: services, Shared: shared, Logger: h.Logger(),
 			Ports: ports, Clock: h.Clock()})
 		if err := cli.Start(); err != nil {
 			for _, c := range s.clis {
