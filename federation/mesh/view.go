@@ -133,3 +133,10 @@ func (m *Mesh) ClaimedElsewhere(name string, id identity.ID) bool {
 	r := m.names.best(normal(name), time.Now().Unix())
 	return r != nil && r.Owner != id
 }
+
+// Outranked implements registry.Outranker: another owner's claim at
+// another supernode wins over rec under the conflict rule (Better).
+func (m *Mesh) Outranked(rec *wire.Record) bool {
+	r := m.names.best(normal(rec.Name), time.Now().Unix())
+	return r != nil && r.Owner != rec.Owner && Better(r, rec)
+}

@@ -19,6 +19,13 @@ type Claims interface {
 	ClaimedElsewhere(name string, id identity.ID) bool
 }
 
+// Outranker is implemented by Claims that know the federation's conflict
+// rule: Outranked reports whether a claim held at another supernode wins
+// over rec, a record held here (which is then about to be evicted).
+type Outranker interface {
+	Outranked(rec *wire.Record) bool
+}
+
 // Records calls fn with every live record, sorted by name; the mesh sends
 // them to a supernode that (re)joins.
 func (r *Registry) Records(fn func(*wire.Record)) error {

@@ -66,3 +66,34 @@ func TestEvictAndClaims(t *testing.T) {
 func wireReg(name string) client.Registration {
 	return client.Registration{Name: name, Target: alice.Target}
 }
+
+// outranking claims: every local record of the name loses to a claim
+// held elsewhere (the federation's rule already decided).
+type outranking struct {
+	fixedClaims
+	lost atomic.Bool
+}
+
+func (c *outranking) Outranked(*wire.Record) bool { return c.lost.Load() }
+
+// TestRenewalOfAnOutrankedClaim: between the moment another supernode's
+// earlier claim is known and the local eviction, the local owner's
+// renewal is refused as taken instead of being acknowledged.
+func TestRenewalOfAnOutrankedClaim(t *testing.T) {
+	claims := &outranking{}
+	e := newEnv(t, func(o *registry.Options, _ *registry.APIOptions) { o.Claims = claims })
+	ctx := context.Background()
+	a := key(t, 1)
+	if _, err := e.client(a).Register(ctx, alice); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.client(a).Register(ctx, alice); err != nil {
+		t.Fatalf("renewal before any other claim: %v", err)
+	}
+	claims.lost.Store(true)
+	_, err := e.client(a).Register(ctx, alice)
+	wantCode(t, err, wire.CodeTaken)
+	if _, ok := e.reg.TLSTarget(alice.Name); !ok {
+		t.Fatal("a refused renewal changed the record (eviction is the mesh's job)")
+	}
+}

@@ -491,6 +491,13 @@ func (r *Registry) change(q *wire.Request, cur *entry, now int64) (*wire.Record,
 			return nil, refuse(wire.CodeInternal, "read %s: %v", q.Name, err)
 		}
 		rec = old
+		// A concurrent claim at another supernode may already have won
+		// under the federation's rule while this supernode has not
+		// evicted the local one yet: the owner is told now, not after
+		// it renewed a name it has lost.
+		if o, ok := r.o.Claims.(Outranker); ok && o.Outranked(rec) {
+			return nil, refuse(wire.CodeTaken, "%s belongs to another id (an earlier claim at another supernode)", q.Name)
+		}
 	}
 	proof := wire.Proof{Op: q.Op, ID: q.ID, Timestamp: q.Timestamp, Nonce: q.Nonce, Sig: q.Sig, CoSig: q.CoSig}
 	setBinding := func(owner identity.ID) {
