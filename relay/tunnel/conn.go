@@ -4,7 +4,6 @@ import (
 	"net"
 	"sync"
 	"time"
-
 )
 
 // streamConn is a tunnel stream seen as a net.Conn, so the SNI proxy can

@@ -62,20 +62,20 @@ var wakeMessage = []byte("\x00pc2-tunnel-wake/1")
 
 // Server accepts node tunnels and opens visitor streams on them.
 type Server struct {
-	cfg       ServerConfig
-	kp        *identity.KeyPair
-	log       *slog.Logger
-	hsLimit   *bucket
-	mu        sync.Mutex
-	tunnels   map[identity.ID]*tunnelConn // each node's current tunnel
-	live      map[*tunnelConn]struct{}    // current and draining tunnels
-	wg        sync.WaitGroup
-	Accepted  atomic.Int64 // tunnels accepted since start
-	Refused   atomic.Int64 // handshakes refused by the rate limit
-	tr        *quic.Transport
-	ln        *quic.Listener
-	tcpLn     net.Listener // nil: no TCP fallback endpoint
-	closed    bool         // under mu
+	cfg      ServerConfig
+	kp       *identity.KeyPair
+	log      *slog.Logger
+	hsLimit  *bucket
+	mu       sync.Mutex
+	tunnels  map[identity.ID]*tunnelConn // each node's current tunnel
+	live     map[*tunnelConn]struct{}    // current and draining tunnels
+	wg       sync.WaitGroup
+	Accepted atomic.Int64 // tunnels accepted since start
+	Refused  atomic.Int64 // handshakes refused by the rate limit
+	tr       *quic.Transport
+	ln       *quic.Listener
+	tcpLn    net.Listener // nil: no TCP fallback endpoint
+	closed   bool         // under mu
 	// live tunnels by transport (current and draining)
 	quicTunnels, tcpTunnels atomic.Int64
 	closeOnce               sync.Once

@@ -65,11 +65,11 @@ func (s quicSession) AcceptStream(ctx context.Context) (stream, error) {
 	return quicStream{st}, nil
 }
 
-func (s quicSession) Close(reason string)          { s.c.CloseWithError(0, reason) }
-func (s quicSession) Context() context.Context     { return s.c.Context() }
-func (s quicSession) LocalAddr() net.Addr          { return s.c.LocalAddr() }
-func (s quicSession) RemoteAddr() net.Addr         { return s.c.RemoteAddr() }
-func (s quicSession) Transport() string            { return TransportQUIC }
+func (s quicSession) Close(reason string)      { s.c.CloseWithError(0, reason) }
+func (s quicSession) Context() context.Context { return s.c.Context() }
+func (s quicSession) LocalAddr() net.Addr      { return s.c.LocalAddr() }
+func (s quicSession) RemoteAddr() net.Addr     { return s.c.RemoteAddr() }
+func (s quicSession) Transport() string        { return TransportQUIC }
 
 // quicStream is a QUIC stream: FIN, STOP_SENDING and RESET_STREAM give
 // every stream operation its exact meaning.
