@@ -26,7 +26,10 @@ type Registrations interface {
 
 // ServerServiceConfig is the "tunnel" section of a supernode.
 type ServerServiceConfig struct {
-	Listen              string  `yaml:"listen"`              // UDP host:port, ":8090"; dev: 127.0.0.1:0
+	Listen string `yaml:"listen"` // UDP host:port, ":8090"; dev: 127.0.0.1:0
+	// ListenTCP is the TLS-over-TCP fallback endpoint: empty for the host
+	// and port number the UDP endpoint got, "off" for none.
+	ListenTCP           string  `yaml:"listenTCP"`
 	MaxStreamsPerNode   int64   `yaml:"maxStreamsPerNode"`   // 10000
 	BytesPerSecond      float64 `yaml:"bytesPerSecond"`      // per node, 0: unlimited
 	HandshakesPerSecond float64 `yaml:"handshakesPerSecond"` // 100
@@ -82,6 +85,9 @@ func (s *ServerService) Start(ctx context.Context, h host.Handle) error {
 	}
 	var errs []error
 	errs = append(errs, sec.CheckHostPort("listen", c.Listen))
+	if c.ListenTCP != "" && c.ListenTCP != "off" {
+		errs = append(errs, sec.CheckHostPort("listenTCP", c.ListenTCP))
+	}
 	allow, err := parseIDs(c.Allow)
 	if err != nil {
 		errs = append(errs, sec.Errorf("allow", err.Error()))
@@ -132,6 +138,24 @@ func (s *ServerService) Start(ctx context.Context, h host.Handle) error {
 	if err != nil {
 		return err
 	}
+	var tcpAddr net.Addr
+	if c.ListenTCP != "off" {
+		want := c.ListenTCP
+		if want == "" { // the UDP endpoint's host and port number
+			want = addr.String()
+		}
+		tcpAddr, err = srv.ListenTCP(want)
+		if err != nil && c.ListenTCP == "" && h.Config().Dev {
+			// dev: the UDP port was picked at random and its number is
+			// taken on TCP; any port will do.
+			host, _, _ := net.SplitHostPort(want)
+			tcpAddr, err = srv.ListenTCP(net.JoinHostPort(host, "0"))
+		}
+		if err != nil {
+			srv.Close()
+			return err
+		}
+	}
 	s.addr = addr
 	s.srv.Store(srv)
 	var known []netip.AddrPort
@@ -146,12 +170,18 @@ func (s *ServerService) Start(ctx context.Context, h host.Handle) error {
 	srv.Wake(known)
 	m := h.Metrics()
 	m.Gauge("tunnels", func() float64 { return float64(srv.Len()) })
+	for _, tr := range []string{TransportQUIC, TransportTCP} {
+		m.Gauge("tunnels_live", func() float64 { return float64(srv.LenTransport(tr)) }, "transport", tr)
+	}
 	m.Gauge("tunnels_accepted", func() float64 { return float64(srv.Accepted.Load()) })
 	m.Gauge("handshakes_refused", func() float64 { return float64(srv.Refused.Load()) })
 	if adv, ok := h.(host.Advertiser); ok {
 		adv.Advertise("listen", addr.String())
+		if tcpAddr != nil {
+			adv.Advertise("listenTCP", tcpAddr.String())
+		}
 	}
-	h.Logger().Info("tunnel endpoint ready", "udp", addr.String(), "id", h.Identity().ID())
+	h.Logger().Info("tunnel endpoint ready", "udp", addr.String(), "tcp", tcpAddr, "id", h.Identity().ID())
 	return nil
 }
 
@@ -184,6 +214,12 @@ type ClientServiceConfig struct {
 	// SupernodeID its node id; both empty: no tunnel.
 	Supernode   string `yaml:"supernode"`
 	SupernodeID string `yaml:"supernodeID"`
+	// SupernodeTCP is the supernode's TCP fallback endpoint; empty: the
+	// same host:port as supernode.
+	SupernodeTCP string `yaml:"supernodeTCP"`
+	// Transport: auto (QUIC, TCP when QUIC does not connect within 1.5 s,
+	// back to QUIC when it works again), quic, or tcp.
+	Transport string `yaml:"transport"`
 	// Services are the local services reachable through the tunnel. The
 	// supernode's SNI gateway asks for "https".
 	Services []struct {
@@ -221,6 +257,14 @@ func (s *ClientService) Start(_ context.Context, h host.Handle) error {
 	}
 	var errs []error
 	errs = append(errs, sec.CheckHostPort("supernode", c.Supernode))
+	if c.SupernodeTCP != "" {
+		errs = append(errs, sec.CheckHostPort("supernodeTCP", c.SupernodeTCP))
+	}
+	switch c.Transport {
+	case "", "auto", TransportQUIC, TransportTCP:
+	default:
+		errs = append(errs, sec.Errorf("transport", fmt.Sprintf("transport %q: use auto, quic or tcp", c.Transport)))
+	}
 	sid, err := identity.ParseID(c.SupernodeID)
 	if err != nil {
 		errs = append(errs, sec.Errorf("supernodeID", err.Error()))
@@ -236,7 +280,8 @@ func (s *ClientService) Start(_ context.Context, h host.Handle) error {
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
-	cli := NewClient(h.Identity(), ClientConfig{Supernode: c.Supernode, SupernodeID: sid, Services: services, Logger: h.Logger()})
+	cli := NewClient(h.Identity(), ClientConfig{Supernode: c.Supernode, SupernodeID: sid, SupernodeTCP: c.SupernodeTCP,
+		Transport: c.Transport, Services: services, Logger: h.Logger()})
 	if err := cli.Start(); err != nil {
 		return err
 	}
@@ -249,6 +294,14 @@ func (s *ClientService) Start(_ context.Context, h host.Handle) error {
 		return 0
 	})
 	m.Gauge("connects", func() float64 { return float64(cli.Connects.Load()) })
+	for _, tr := range []string{TransportQUIC, TransportTCP} {
+		m.Gauge("up_transport", func() float64 {
+			if cli.Transport() == tr {
+				return 1
+			}
+			return 0
+		}, "transport", tr)
+	}
 	return nil
 }
 

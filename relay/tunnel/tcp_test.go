@@ -4,15 +4,18 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/elacity/pc2/core/config"
 	"github.com/elacity/pc2/core/identity"
 )
 
@@ -495,5 +498,45 @@ func TestMoveBackToQUIC(t *testing.T) {
 	waitFor(t, "the drained TCP tunnel to close", 10*time.Second, func() bool { return srv.LenTransport(TransportTCP) == 0 })
 	if !cli.Up() || cli.Transport() != TransportQUIC {
 		t.Fatalf("client up %v on %q after the old tunnel closed", cli.Up(), cli.Transport())
+	}
+}
+
+// TestServicesTCPTransport: a supernode host listens on TCP at its UDP
+// port number by default, and a node configured for TCP gets its tunnel
+// there.
+func TestServicesTCPTransport(t *testing.T) {
+	srvSvc := NewServerService(nil)
+	super, err := runHost(t, "metrics:\n  listen: \"off\"\ntunnel:\n  admitAll: true\n", config.RoleSupernode, srvSvc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	udp, tcp := super.Extra["tunnel.listen"], super.Extra["tunnel.listenTCP"]
+	if tcp == "" {
+		t.Fatal("no TCP endpoint advertised")
+	}
+	_, up, _ := net.SplitHostPort(udp)
+	_, tp, _ := net.SplitHostPort(tcp)
+	if up != tp {
+		t.Logf("TCP port %s differs from UDP port %s (dev mode: the number was taken on TCP)", tp, up)
+	}
+	cliSvc := NewClientService()
+	node, err := runHost(t, nodeConfig(super, echoServer(t))+fmt.Sprintf("  transport: tcp\n  supernodeTCP: %s\n", tcp), config.RoleNode, cliSvc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the node's TCP tunnel", 10*time.Second, func() bool { return srvSvc.Has(node.ID) })
+	if tr := cliSvc.Client().Transport(); tr != TransportTCP {
+		t.Fatalf("node on %q", tr)
+	}
+	c, err := srvSvc.Dial(context.Background(), node.ID, "echo", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := roundTrip(t, c, []byte("svc")); string(got) != "svc" {
+		t.Fatalf("echo %q", got)
+	}
+	_, err = runHost(t, "metrics:\n  listen: \"off\"\ntunnel-client:\n  supernode: 127.0.0.1:1\n  supernodeID: "+super.ID.String()+"\n  transport: udp\n", config.RoleNode, NewClientService())
+	if err == nil || !strings.Contains(err.Error(), "transport") {
+		t.Fatalf("transport: udp accepted (err %v)", err)
 	}
 }
