@@ -162,7 +162,7 @@ func (c *coalescingConn) Write(p []byte) (int, error) {
 		c.held = false
 		c.joined = append(append(c.joined[:0], c.hdr[:]...), p...)
 		n, err := c.Conn.Write(c.joined)
-		if cap(c.joined) > 64<<10 {
+		if cap(c.joined) > 256<<10 {
 			c.joined = nil // a large frame's buffer is not kept
 		}
 		return max(0, n-len(c.hdr)), err
