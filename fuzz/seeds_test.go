@@ -12,10 +12,11 @@ import (
 // functions when PC2_WRITE_SEEDS=1; otherwise it checks the corpus exists.
 func TestWriteSeedCorpus(t *testing.T) {
 	targets := map[string][][]byte{
-		"FuzzClientHello":  clientHelloSeeds(),
-		"FuzzProxyProtoV2": proxyProtoSeeds(),
-		"FuzzSTUNAnswer":   stunSeeds(),
-		"FuzzTunnelHeader": tunnelHeaderSeeds(),
+		"FuzzClientHello":      clientHelloSeeds(),
+		"FuzzProxyProtoV2":     proxyProtoSeeds(),
+		"FuzzSTUNAnswer":       stunSeeds(),
+		"FuzzTunnelHeader":     tunnelHeaderSeeds(),
+		"FuzzTunnelTCPSession": tunnelTCPSeeds(),
 	}
 	for name, seeds := range targets {
 		dir := filepath.Join("testdata", "fuzz", name)
