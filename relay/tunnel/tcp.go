@@ -35,6 +35,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -88,25 +89,25 @@ func newTCPSession(conn net.Conn, server bool) (*tcpSession, error) {
 		m   *yamux.Session
 		err error
 	)
+	ctx, cancel := context.WithCancelCause(context.Background())
+	// yamux signals its end only on a channel; it also always closes the
+	// connection, which ends the context here without a goroutine waiting
+	// on the channel.
+	cc := &coalescingConn{Conn: conn, onClose: func() { cancel(errTCPSessionEnded) }}
 	if server {
 		conf := muxConfig(tcpStreamWindowServer)
 		// Nodes open no streams: a backlog of one bounds what a node
 		// can park here to one stream's initial window.
 		conf.AcceptBacklog = 1
-		m, err = yamux.Server(&coalescingConn{Conn: conn}, conf)
+		m, err = yamux.Server(cc, conf)
 	} else {
-		m, err = yamux.Client(&coalescingConn{Conn: conn}, muxConfig(tcpStreamWindowClient))
+		m, err = yamux.Client(cc, muxConfig(tcpStreamWindowClient))
 	}
 	if err != nil {
+		cancel(err)
 		return nil, fmt.Errorf("tunnel: start multiplexer: %w", err)
 	}
-	ctx, cancel := context.WithCancelCause(context.Background())
-	s := &tcpSession{mux: m, ctx: ctx, cancel: cancel}
-	go func() { // yamux signals its end only on a channel
-		<-m.CloseChan()
-		cancel(errTCPSessionEnded)
-	}()
-	return s, nil
+	return &tcpSession{mux: m, ctx: ctx, cancel: cancel}, nil
 }
 
 func (s *tcpSession) OpenStream(ctx context.Context) (stream, error) {
@@ -152,9 +153,18 @@ func (s tcpStream) Abort()            { s.Stream.Close() }
 // write passes through.
 type coalescingConn struct {
 	net.Conn
-	hdr    [12]byte
-	held   bool
-	joined []byte
+	hdr     [12]byte
+	held    bool
+	joined  []byte
+	onClose func() // called at the first Close
+	once    sync.Once
+}
+
+func (c *coalescingConn) Close() error {
+	if c.onClose != nil {
+		c.once.Do(c.onClose)
+	}
+	return c.Conn.Close()
 }
 
 func (c *coalescingConn) Write(p []byte) (int, error) {
