@@ -52,11 +52,14 @@ const (
 	tcpStreamWindowClient = 4 << 20
 )
 
-// tcpKeepAlive finds a dead peer within Idle: a probe after 10 s of
-// silence, a second 2.5 s later, dead 2.5 s after that; TCP_USER_TIMEOUT
-// (setUserTimeout) ends a connection whose sent data stays unacknowledged
-// for Idle.
-var tcpKeepAlive = net.KeepAliveConfig{Enable: true, Idle: 10 * time.Second, Interval: 2500 * time.Millisecond, Count: 2}
+// tcpDeadAfter is how long a TCP tunnel may go without a packet from the
+// peer: a keep-alive probe after 10 s of silence, a second 2 s later,
+// dead 2 s after that; TCP_USER_TIMEOUT (setUserTimeout) also ends a
+// connection whose sent data stays unacknowledged that long. It is below
+// Idle because the kernel notices only at its next timer tick.
+const tcpDeadAfter = 14 * time.Second
+
+var tcpKeepAlive = net.KeepAliveConfig{Enable: true, Idle: 10 * time.Second, Interval: 2 * time.Second, Count: 2}
 
 // maxPendingTCPHandshakes bounds TCP connections in their TLS handshake
 // at once; more are closed at accept.
@@ -195,7 +198,7 @@ func dialTCP(ctx context.Context, addr string, tlsConf *tls.Config) (*tcpSession
 	if err != nil {
 		return nil, fmt.Errorf("dial tcp %s: %w", addr, err)
 	}
-	setUserTimeout(raw, Idle)
+	setUserTimeout(raw, tcpDeadAfter)
 	if dl, ok := ctx.Deadline(); ok {
 		raw.SetDeadline(dl)
 	}
@@ -274,7 +277,7 @@ func (s *Server) acceptTCP(ln net.Listener, tlsConf *tls.Config) {
 // handshakeTCP authenticates and admits one node's TCP connection and
 // registers it as the node's tunnel.
 func (s *Server) handshakeTCP(c net.Conn, tlsConf *tls.Config) {
-	setUserTimeout(c, Idle)
+	setUserTimeout(c, tcpDeadAfter)
 	c.SetDeadline(time.Now().Add(tcpHandshakeTimeout))
 	tc := tls.Server(c, tlsConf)
 	if err := tc.Handshake(); err != nil {
