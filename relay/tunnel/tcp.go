@@ -19,6 +19,8 @@ package tunnel
 //   - no connection-level window: a node's tunnel can hold up to
 //     tcpStreamWindow of unread data per stream whose reader is slower than
 //     its writer (QUIC: 64 MiB per tunnel); the stream quota bounds it;
+//   - no limit on streams the peer opens: a node opening one loses its
+//     tunnel (nodes open none);
 //   - no stream reset: Abort and Close end a stream with a FIN, so the peer
 //     reads EOF where QUIC gives an error, and a peer that keeps writing to
 //     a closed stream is stopped only by its window (and yamux's
@@ -98,11 +100,7 @@ func newTCPSession(conn net.Conn, server bool) (*tcpSession, error) {
 	// on the channel.
 	cc := &coalescingConn{Conn: conn, onClose: func() { cancel(errTCPSessionEnded) }}
 	if server {
-		conf := muxConfig(tcpStreamWindowServer)
-		// Nodes open no streams: a backlog of one bounds what a node
-		// can park here to one stream's initial window.
-		conf.AcceptBacklog = 1
-		m, err = yamux.Server(cc, conf)
+		m, err = yamux.Server(cc, muxConfig(tcpStreamWindowServer))
 	} else {
 		m, err = yamux.Client(cc, muxConfig(tcpStreamWindowClient))
 	}
@@ -110,7 +108,20 @@ func newTCPSession(conn net.Conn, server bool) (*tcpSession, error) {
 		cancel(err)
 		return nil, fmt.Errorf("tunnel: start multiplexer: %w", err)
 	}
-	return &tcpSession{mux: m, ctx: ctx, cancel: cancel}, nil
+	s := &tcpSession{mux: m, ctx: ctx, cancel: cancel}
+	if server {
+		// Nodes open no streams (QUIC: MaxIncomingStreams -1). yamux has
+		// no such limit, and its accept backlog also bounds our own
+		// stream opens in flight, so a stream from the node ends the
+		// tunnel instead; the goroutine ends with the session.
+		go func() {
+			if st, err := m.AcceptStreamWithContext(ctx); err == nil {
+				st.Close()
+				s.Close("the node opened a stream")
+			}
+		}()
+	}
+	return s, nil
 }
 
 func (s *tcpSession) OpenStream(ctx context.Context) (stream, error) {

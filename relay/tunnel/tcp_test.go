@@ -46,25 +46,16 @@ func startTCPPair(t testing.TB, scfg ServerConfig, services map[string]Local) *p
 
 func transportOf(c net.Conn) string { return c.(*streamConn).conn.Transport() }
 
-// TestTCPSessionBothWays: the TCP session carries streams opened from
-// either end, with half-closes passed on.
+// TestTCPSessionBothWays: a stream the supernode end opens carries data
+// both ways, each direction's half-close passed on, and closing the
+// session at one end ends it at the other.
 func TestTCPSessionBothWays(t *testing.T) {
-	sc, cc := tlsPair(t)
-	srv, err := newTCPSession(sc, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cli, err := newTCPSession(cc, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close("test over")
-	defer cli.Close("test over")
+	srv, cli := tcpSessionPair(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	echo := func(sess session) {
+	go func() {
 		for {
-			st, err := sess.AcceptStream(ctx)
+			st, err := cli.AcceptStream(ctx)
 			if err != nil {
 				return
 			}
@@ -73,12 +64,10 @@ func TestTCPSessionBothWays(t *testing.T) {
 				st.CloseWrite()
 			}()
 		}
-	}
-	go echo(cli)
-	go echo(srv)
+	}()
 	msg := bytes.Repeat([]byte("both ways "), 200_000) // 2 MB: several windows
-	for _, opener := range []session{srv, cli} {
-		st, err := opener.OpenStream(ctx)
+	for range 3 {
+		st, err := srv.OpenStream(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -89,14 +78,50 @@ func TestTCPSessionBothWays(t *testing.T) {
 		}()
 		got, err := io.ReadAll(st)
 		if err != nil || !bytes.Equal(got, msg) {
-			t.Fatalf("echo from the %s end: %d bytes, err %v; want %d identical", opener.RemoteAddr(), len(got), err, len(msg))
+			t.Fatalf("echo: %d bytes, err %v; want %d identical", len(got), err, len(msg))
 		}
+		st.Close()
 	}
 	cli.Close("bye")
 	select {
 	case <-srv.Context().Done():
 	case <-time.After(5 * time.Second):
-		t.Fatal("the server end did not see the client close the session")
+		t.Fatal("the supernode end did not see the node close the session")
+	}
+}
+
+func tcpSessionPair(t *testing.T) (srv, cli *tcpSession) {
+	sc, cc := tlsPair(t)
+	srv, err := newTCPSession(sc, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cli, err = newTCPSession(cc, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close("test over"); cli.Close("test over") })
+	return srv, cli
+}
+
+// TestTCPSessionRefusesNodeStreams: nodes open no streams; one that does
+// loses its tunnel (QUIC refuses such streams outright).
+func TestTCPSessionRefusesNodeStreams(t *testing.T) {
+	srv, cli := tcpSessionPair(t)
+	st, err := cli.OpenStream(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Write([]byte("hello?"))
+	select {
+	case <-srv.Context().Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the supernode kept a tunnel whose node opened a stream")
+	}
+	select {
+	case <-cli.Context().Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the node's end of the closed tunnel stayed up")
 	}
 }
 
