@@ -37,11 +37,13 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"sync"
 	"time"
 
 	"github.com/hashicorp/yamux"
 
+	"github.com/elacity/pc2/gateway/connlimit"
 	"github.com/elacity/pc2/transport/quicid"
 )
 
@@ -64,8 +66,13 @@ const tcpDeadAfter = 14 * time.Second
 var tcpKeepAlive = net.KeepAliveConfig{Enable: true, Idle: 10 * time.Second, Interval: 2 * time.Second, Count: 2}
 
 // maxPendingTCPHandshakes bounds TCP connections in their TLS handshake
-// at once; more are closed at accept.
-const maxPendingTCPHandshakes = 1024
+// at once, maxPendingTCPPerSource those from one source (an IPv4 address
+// or an IPv6 /64); more are closed at accept. Nodes behind one carrier
+// NAT share a source, so the per-source bound is not tiny.
+const (
+	maxPendingTCPHandshakes = 1024
+	maxPendingTCPPerSource  = 32
+)
 
 // tcpHandshakeTimeout bounds a TLS handshake plus the welcome.
 const tcpHandshakeTimeout = 5 * time.Second
@@ -259,6 +266,16 @@ func (s *Server) ListenTCP(addr string) (net.Addr, error) {
 func (s *Server) acceptTCP(ln net.Listener, tlsConf *tls.Config) {
 	defer s.wg.Done()
 	pending := make(chan struct{}, maxPendingTCPHandshakes)
+	var mu sync.Mutex
+	perSource := map[netip.Addr]int{}
+	release := func(src netip.Addr) {
+		mu.Lock()
+		if perSource[src]--; perSource[src] <= 0 {
+			delete(perSource, src)
+		}
+		mu.Unlock()
+		<-pending
+	}
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -276,10 +293,23 @@ func (s *Server) acceptTCP(ln net.Listener, tlsConf *tls.Config) {
 			c.Close()
 			continue
 		}
+		src := connlimit.Source(c.RemoteAddr())
+		mu.Lock()
+		full := perSource[src] >= maxPendingTCPPerSource
+		if !full {
+			perSource[src]++
+		}
+		mu.Unlock()
+		if full {
+			<-pending
+			s.Refused.Add(1)
+			c.Close()
+			continue
+		}
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			defer func() { <-pending }()
+			defer release(src)
 			s.handshakeTCP(c, tlsConf)
 		}()
 	}

@@ -573,3 +573,51 @@ func TestServicesTCPTransport(t *testing.T) {
 		t.Fatalf("transport: udp accepted (err %v)", err)
 	}
 }
+
+// TestTCPPendingHandshakesPerSource: one source cannot hold more than
+// maxPendingTCPPerSource connections in their TLS handshake; the next is
+// closed at once, and a finished handshake frees its slot.
+func TestTCPPendingHandshakesPerSource(t *testing.T) {
+	srvKey := newKey(t)
+	srv := NewServer(srvKey, ServerConfig{})
+	a, err := srv.ListenTCP("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	var idle []net.Conn
+	defer func() {
+		for _, c := range idle {
+			c.Close()
+		}
+	}()
+	for range maxPendingTCPPerSource {
+		c, err := net.Dial("tcp", a.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		idle = append(idle, c) // connected, never says hello
+	}
+	waitFor(t, "the server to count the silent connections", 5*time.Second, func() bool {
+		c, err := net.Dial("tcp", a.String())
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+		_, err = c.Read(make([]byte, 1))
+		return errors.Is(err, io.EOF) // closed at accept, not left to its handshake timeout
+	})
+	if srv.Refused.Load() == 0 {
+		t.Fatal("no refusal counted")
+	}
+	// The silent ones still hold their slots; once they go, a node gets in.
+	for _, c := range idle {
+		c.Close()
+	}
+	idle = nil
+	cli := NewClient(newKey(t), ClientConfig{Supernode: a.String(), SupernodeID: srvKey.ID(), Transport: TransportTCP, BackoffMin: time.Millisecond, LocalUDP: "127.0.0.1:0"})
+	cli.Start()
+	defer cli.Close()
+	waitFor(t, "a tunnel after the silent connections closed", 10*time.Second, cli.Up)
+}
