@@ -621,3 +621,46 @@ func TestTCPPendingHandshakesPerSource(t *testing.T) {
 	defer cli.Close()
 	waitFor(t, "a tunnel after the silent connections closed", 10*time.Second, cli.Up)
 }
+
+// TestTCPIdleStreamMemory reports what an open, idle stream costs in the
+// multiplexer alone (both ends, one process), after one small exchange.
+func TestTCPIdleStreamMemory(t *testing.T) {
+	const n = 2000
+	srv, cli := tcpSessionPair(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	runtime.GC()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	opened := make([]stream, 0, n)
+	accepted := make([]stream, 0, n)
+	for range n {
+		st, err := srv.OpenStream(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.Write([]byte{1}); err != nil {
+			t.Fatal(err)
+		}
+		in, err := cli.AcceptStream(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var one [1]byte
+		if _, err := io.ReadFull(in, one[:]); err != nil {
+			t.Fatal(err)
+		}
+		opened, accepted = append(opened, st), append(accepted, in)
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	per := float64(int64(after.HeapInuse)-int64(before.HeapInuse)) / n / 1024
+	t.Logf("%d idle streams: %.1f KiB heap per stream, both ends of the multiplexer", n, per)
+	if per > 16 {
+		t.Errorf("an idle stream costs %.1f KiB; yamux allocates stream buffers only for data in flight", per)
+	}
+	for i := range opened {
+		opened[i].Close()
+		accepted[i].Close()
+	}
+}
