@@ -108,11 +108,11 @@ func tcpSessionPair(t *testing.T) (srv, cli *tcpSession) {
 // loses its tunnel (QUIC refuses such streams outright).
 func TestTCPSessionRefusesNodeStreams(t *testing.T) {
 	srv, cli := tcpSessionPair(t)
-	st, err := cli.OpenStream(context.Background())
-	if err != nil {
-		t.Fatal(err)
+	// The open itself may already fail: the supernode can end the session
+	// before the node's send of the stream's first frame completes.
+	if st, err := cli.OpenStream(context.Background()); err == nil {
+		st.Write([]byte("hello?"))
 	}
-	st.Write([]byte("hello?"))
 	select {
 	case <-srv.Context().Done():
 	case <-time.After(5 * time.Second):
