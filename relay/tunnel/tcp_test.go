@@ -330,7 +330,7 @@ func TestTCPBackpressure(t *testing.T) {
 	buf := make([]byte, 64<<10)
 	var written int64
 	for {
-		c.SetWriteDeadline(time.Now().Add(time.Second))
+		c.SetWriteDeadline(time.Now().Add(2 * time.Second))
 		n, err := c.Write(buf)
 		written += int64(n)
 		if err != nil {
@@ -598,13 +598,14 @@ func TestTCPPendingHandshakesPerSource(t *testing.T) {
 		}
 		idle = append(idle, c) // connected, never says hello
 	}
-	waitFor(t, "the server to count the silent connections", 5*time.Second, func() bool {
+	// The silent ones hold their slots for tcpHandshakeTimeout (5 s).
+	waitFor(t, "the server to count the silent connections", 4*time.Second, func() bool {
 		c, err := net.Dial("tcp", a.String())
 		if err != nil {
 			return false
 		}
 		defer c.Close()
-		c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+		c.SetReadDeadline(time.Now().Add(2 * time.Second))
 		_, err = c.Read(make([]byte, 1))
 		return errors.Is(err, io.EOF) // closed at accept, not left to its handshake timeout
 	})
