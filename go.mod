@@ -5,6 +5,8 @@ go 1.26.0
 require (
 	filippo.io/edwards25519 v1.1.0
 	github.com/hashicorp/yamux v0.1.2
+	github.com/huin/goupnp v1.3.0
+	github.com/jackpal/go-nat-pmp v1.0.2
 	github.com/miekg/dns v1.1.72
 	github.com/mr-tron/base58 v1.2.0
 	github.com/panjf2000/gnet/v2 v2.10.0

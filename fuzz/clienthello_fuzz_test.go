@@ -86,6 +86,7 @@ func checkClientHello(t *testing.T, data []byte) {
 		if kindOf(rerr) != kindOf(err) {
 			t.Fatalf("Parse: %v, one-byte Read: %v", err, rerr)
 		}
+		checkResume(t, data, err, &h)
 		if err != nil {
 			return
 		}
@@ -133,4 +134,45 @@ func (r *chunkReader) Read(p []byte) (int, error) {
 	n := copy(p[:min(len(p), r.size)], r.b)
 	r.b = r.b[n:]
 	return n, nil
+}
+
+// checkResume feeds data to clienthello.Resume in pieces (one byte at a time
+// for short inputs, a few large pieces for long ones, as a connection's
+// reads would) and checks that it keeps exactly the bytes fed so far while
+// the hello is incomplete, never more than MaxSize, and reaches Parse's
+// verdict (at the end of the input an incomplete hello is truncated).
+func checkResume(t *testing.T, data []byte, parseErr error, parsed *clienthello.Hello) {
+	t.Helper()
+	step := 1
+	if len(data) > 512 {
+		step = 1 + len(data)/7
+	}
+	var partial []byte
+	fed := 0
+	for {
+		piece := data[fed:min(fed+step, len(data))]
+		room := clienthello.MaxSize - len(partial)
+		h, p, err := clienthello.Resume(partial, func(buf []byte) (int, error) { return copy(buf, piece), nil })
+		fed += min(len(piece), room)
+		if err == nil {
+			if parseErr != nil {
+				t.Fatalf("Resume accepted what Parse rejects (%v)", parseErr)
+			}
+			if h.ServerName() != parsed.ServerName() || !bytes.Equal(h.Raw(), data[:fed]) {
+				t.Fatalf("Resume: %q with %d raw bytes, Parse: %q", h.ServerName(), len(h.Raw()), parsed.ServerName())
+			}
+			h.Release()
+			return
+		}
+		if !errors.Is(err, clienthello.ErrTruncated) || fed == len(data) {
+			if kindOf(err) != kindOf(parseErr) {
+				t.Fatalf("Resume: %v, Parse: %v", err, parseErr)
+			}
+			return
+		}
+		if len(p) > clienthello.MaxSize || !bytes.Equal(p, data[:fed]) {
+			t.Fatalf("Resume kept %d bytes, not the %d fed", len(p), fed)
+		}
+		partial = p
+	}
 }

@@ -36,7 +36,11 @@ func FuzzRegistryRequest(f *testing.F) {
 	tr.Sign(registryKey(1))
 	tr.CoSign(registryKey(2))
 	transfer, _ := json.Marshal(tr)
-	for _, s := range [][]byte{valid, transfer, []byte(`{}`), []byte(`{"op":"acme-set","txt":"a\nb"}`),
+	tun := &wire.Request{Op: wire.OpRegister, Name: "bob.ela.city", Target: wire.TargetTunnel, HTTP: wire.TargetTunnel,
+		Timestamp: 1700000000, Nonce: "000102030405060708090a0b0c0d0e0f"}
+	tun.Sign(registryKey(2))
+	tunnel, _ := json.Marshal(tun)
+	for _, s := range [][]byte{valid, transfer, tunnel, []byte(`{}`), []byte(`{"op":"acme-set","txt":"a\nb"}`),
 		[]byte(strings.Replace(string(valid), "alice", "al\\nice", 1)), []byte(`[1,2,3]`), []byte(`{"op":"register"}{"op":"delete"}`)} {
 		f.Add(s)
 	}

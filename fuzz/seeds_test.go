@@ -12,11 +12,17 @@ import (
 // functions when PC2_WRITE_SEEDS=1; otherwise it checks the corpus exists.
 func TestWriteSeedCorpus(t *testing.T) {
 	targets := map[string][][]byte{
-		"FuzzClientHello":      clientHelloSeeds(),
-		"FuzzProxyProtoV2":     proxyProtoSeeds(),
-		"FuzzSTUNAnswer":       stunSeeds(),
-		"FuzzTunnelHeader":     tunnelHeaderSeeds(),
-		"FuzzTunnelTCPSession": tunnelTCPSeeds(),
+		"FuzzClientHello":       clientHelloSeeds(),
+		"FuzzProxyProtoV2":      proxyProtoSeeds(),
+		"FuzzRelayControl":      relayControlSeeds(),
+		"FuzzRelayData":         relayDataSeeds(),
+		"FuzzSTUNAnswer":        stunSeeds(),
+		"FuzzTunnelHeader":      tunnelHeaderSeeds(),
+		"FuzzTunnelTCPSession":  tunnelTCPSeeds(),
+		"FuzzTunnelControl":     tunnelControlSeeds(),
+		"FuzzTunnelDatagram":    tunnelDatagramSeeds(),
+		"FuzzMeshFrame":         meshFrameSeeds(),
+		"FuzzMeshForwardHeader": meshForwardSeeds(),
 	}
 	for name, seeds := range targets {
 		dir := filepath.Join("testdata", "fuzz", name)

@@ -12,6 +12,7 @@ declare -A need=(
 	[curl]=curl
 	[dig]=bind9-dnsutils
 	[strace]=strace
+	[turnserver]=coturn
 )
 
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; }

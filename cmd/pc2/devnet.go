@@ -310,7 +310,7 @@ names:
   registry: %s
   names:
     - name: alice.pc2.localhost
-      target: 127.0.0.1:9 # nothing there: only the tunnel reaches alice
+      target: tunnel # served only through her tunnel
 tunnel-client:
   supernode: %s
   supernodeID: %s

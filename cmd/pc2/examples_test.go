@@ -1,6 +1,7 @@
 package main
 
 import (
+	fedmesh "github.com/elacity/pc2/federation/mesh"
 	"path/filepath"
 	"testing"
 
@@ -11,7 +12,10 @@ import (
 	"github.com/elacity/pc2/gateway/sniproxy"
 	"github.com/elacity/pc2/plugins/registry"
 	"github.com/elacity/pc2/plugins/registry/client"
+	"github.com/elacity/pc2/relay/circuit"
 	"github.com/elacity/pc2/relay/tunnel"
+	"github.com/elacity/pc2/transport/nat"
+	"github.com/elacity/pc2/transport/stun"
 )
 
 // The documented examples must always load, every section strictly into
@@ -26,6 +30,10 @@ func TestConfigExamplesLoad(t *testing.T) {
 		"tunnel":        func() any { return &tunnel.ServerServiceConfig{} },
 		"names":         func() any { c := client.DefaultConfig(); return &c },
 		"tunnel-client": func() any { return &tunnel.ClientServiceConfig{} },
+		"relay":         func() any { c := circuit.DefaultServiceConfig(false, true); return &c },
+		"stun":          func() any { c := stun.DefaultServiceConfig(false); return &c },
+		"nat":           func() any { c := nat.DefaultConfig(false); return &c },
+		"mesh":          func() any { c := fedmesh.DefaultConfig(false); return &c },
 	}
 	for file, r := range map[string]role{"supernode.yaml": roleSupernode, "node.yaml": roleNode} {
 		var sections []string

@@ -46,15 +46,23 @@ func root() *command {
 		summary: "the PC2 network stack: supernode, relay, DHT and user node in one binary",
 		subs: []*command{
 			idCommand(),
-			nodeCommand(roleSupernode),
+			supernodeCommand(),
 			nodeCommand(roleNode),
 			devnetCommand(),
 			natlabCommand(),
+			natCommand(),
 			dhtCommand(),
 			nameCommand(),
 			versionCommand(),
 		},
 	}
+}
+
+// supernodeCommand runs a supernode; its subcommands inspect one.
+func supernodeCommand() *command {
+	c := nodeCommand(roleSupernode)
+	c.subs = []*command{supernodeStatusCommand()}
+	return c
 }
 
 func main() {
@@ -173,7 +181,11 @@ func (c *command) usage(w io.Writer, path string, fs *flag.FlagSet) {
 	fmt.Fprintf(w, "%s: %s\n\n", path, c.summary)
 	switch {
 	case len(c.subs) > 0:
-		fmt.Fprintf(w, "Usage:\n  %s <command> [flags]\n\nCommands:\n", path)
+		fmt.Fprintf(w, "Usage:\n  %s <command> [flags]\n", path)
+		if c.run != nil {
+			fmt.Fprintf(w, "  %s [flags] %s\n", path, c.args)
+		}
+		fmt.Fprintf(w, "\nCommands:\n")
 		for _, s := range c.subs {
 			if !s.hidden {
 				fmt.Fprintf(w, "  %-11s %s\n", s.name, s.summary)

@@ -4,18 +4,24 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"net"
 	"os"
 
 	"github.com/elacity/pc2/core/config"
 	"github.com/elacity/pc2/core/host"
+	"github.com/elacity/pc2/core/identity"
 	dhtnode "github.com/elacity/pc2/dht/node"
+	fedmesh "github.com/elacity/pc2/federation/mesh"
 	"github.com/elacity/pc2/gateway/dns"
 	"github.com/elacity/pc2/gateway/httproute"
 	"github.com/elacity/pc2/gateway/sniproxy"
 	"github.com/elacity/pc2/plugins/registry"
 	"github.com/elacity/pc2/plugins/registry/client"
 	"github.com/elacity/pc2/plugins/registry/dhtpub"
+	"github.com/elacity/pc2/relay/circuit"
 	"github.com/elacity/pc2/relay/tunnel"
+	"github.com/elacity/pc2/transport/nat"
+	"github.com/elacity/pc2/transport/stun"
 )
 
 type role struct {
@@ -34,21 +40,47 @@ var roleSupernode = role{
 config file: state in a temporary directory, free loopback ports. It runs a
 bootstrap DHT node (section dht), the name registry API (registry) whose
 names it announces in the DHT (dhtpub), authoritative DNS (dns), plain HTTP
-routed by Host (http), QUIC tunnels for nodes behind NAT (tunnel, UDP :8090)
-and TLS passthrough routed by SNI (sni); a name whose owner holds a tunnel
-here is served over the tunnel.`,
+routed by Host (http), QUIC tunnels for nodes behind NAT (tunnel, UDP :8090),
+a relay for peers that cannot connect directly (relay, UDP :39004; it
+forwards the packets of their end-to-end QUIC connection under quotas),
+TLS passthrough routed by SNI (sni) and STUN for nodes discovering their NAT
+(stun, UDP :3478); a name whose owner holds a tunnel here is served over the
+tunnel. Supernodes federate (mesh, UDP :39003):
+they share registrations, forward visitors to the supernode holding a
+node's tunnel, and DNS answers only with supernodes that are alive.
+'pc2 supernode status' shows the mesh of a running supernode.`,
 	services: func() []host.Service {
 		dht := dhtnode.NewService()
 		pub := dhtpub.New(dht)
 		reg := registry.New()
-		reg.Publisher = pub
-		tun := tunnel.NewServerService(reg)
-		sni := sniproxy.NewService(reg)
-		sni.Tunnels = tun // names of nodes with a tunnel here go over it
+		var tun *tunnel.ServerService
+		mesh := fedmesh.NewService(reg, tunnelIDs{&tun})
+		tun = tunnel.NewServerService(mesh) // admits nodes owning a name anywhere in the federation
+		mesh.DHT, mesh.Next, mesh.Resolver = dht, pub, pub
+		reg.Publisher, reg.Claims = mesh, mesh
+		sni := sniproxy.NewService(mesh)
+		sni.Tunnels = mesh // names of nodes with a tunnel here go over it, else over the mesh
 		// Start order matters: the DHT before the publisher, the registry
-		// before DNS, which reads its zones at start.
-		return []host.Service{dht, pub, reg, dns.New(reg), httproute.New(reg), tun, sni}
+		// before the mesh (which sends its names to peers) and DNS (which
+		// reads its zones at start).
+		web := httproute.New(mesh)
+		web.Tunnels = mesh // names whose http is "tunnel": over the tunnel here, else over the mesh
+		return []host.Service{dht, pub, reg, mesh, dns.New(mesh), web, tun, circuit.NewService(mesh, true), sni, stun.NewService()}
 	},
+}
+
+// tunnelIDs lets the mesh, built before the tunnel server, reach it.
+type tunnelIDs struct{ tun **tunnel.ServerService }
+
+func (t tunnelIDs) Has(id identity.ID) bool { return *t.tun != nil && (*t.tun).Has(id) }
+func (t tunnelIDs) Dial(ctx context.Context, id identity.ID, service string, visitor net.Addr) (net.Conn, error) {
+	return (*t.tun).Dial(ctx, id, service, visitor)
+}
+func (t tunnelIDs) IDs() []identity.ID {
+	if *t.tun == nil {
+		return nil
+	}
+	return (*t.tun).IDs()
 }
 
 var roleNode = role{
@@ -59,8 +91,18 @@ nodes directly. With --dev it starts with no config file. It keeps the names
 of its "names" section registered at a supernode and renews them, and keeps
 a QUIC tunnel to the supernode of its "tunnel-client" section (supernode,
 supernodeID, services: [{name: https, addr: 127.0.0.1:4200}]), so its names
-are served through the supernode even behind NAT.`,
-	services: func() []host.Service { return []host.Service{client.NewService(), tunnel.NewClientService()} },
+are served through the supernode even behind NAT. Its "nat" section opens
+the node's shared UDP socket, finds its reflexive address and NAT class from
+STUN servers (stun: [supernode:3478]) and asks the home gateway for a port
+mapping (PCP, NAT-PMP or UPnP); the tunnel runs on that same socket. With
+"relay: {enabled: true}" (and a public address or port mapping) it also
+relays for other peers (Level 3), under the quotas of that section.`,
+	services: func() []host.Service {
+		natSvc := nat.NewService()
+		tun := tunnel.NewClientService()
+		tun.Shared = natSvc.Mux // the tunnel uses the socket whose NAT mapping nat discovers
+		return []host.Service{natSvc, client.NewService(), tun, circuit.NewService(nil, false)}
+	},
 }
 
 func nodeCommand(r role) *command {
@@ -106,6 +148,11 @@ func nodeCommand(r role) *command {
 				return err
 			}
 			return h.Run(ctx, func(info host.Info) {
+				for _, s := range services {
+					if r, ok := s.(interface{ HostReady(host.Info) }); ok {
+						r.HostReady(info) // e.g. the mesh announces endpoints of services started after it
+					}
+				}
 				if err := host.NotifyReadyFD(info); err != nil {
 					h.Logger().Warn("readiness notification failed", "err", err)
 				}

@@ -158,7 +158,7 @@ tunnel:
 		t.Fatalf("supernode endpoints: %v", super.info.Extra)
 	}
 
-	// The registered target is a dead port: only the tunnel reaches alice.
+	// The registered target is "tunnel": only the tunnel reaches alice.
 	startPC2(t, "node", "--dev", "--log-level", "debug", "--data", t.TempDir(), "--config", writeFile(t, "node.yaml", fmt.Sprintf(`
 metrics:
   listen: "off"
@@ -166,7 +166,7 @@ names:
   registry: %s
   names:
     - name: alice.ela.city
-      target: 127.0.0.1:9
+      target: tunnel
 tunnel-client:
   supernode: %s
   supernodeID: %s

@@ -1,6 +1,7 @@
 package clienthello
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"sync"
@@ -102,6 +103,45 @@ func Read(r io.Reader) (*Hello, error) {
 func (h *Hello) Parse(raw []byte) error {
 	h.reset()
 	h.n = copy(h.buf[:], raw)
+	return h.parseBuffered()
+}
+
+// Resume continues reading a ClientHello whose first bytes, partial, were
+// read earlier (nil at first). It copies partial into a pooled Hello, lets
+// fill write whatever the connection has now after it (fill returns how
+// many bytes it wrote, 0 when nothing was available) and parses. When the
+// ClientHello is complete, Resume returns it (Release it when done). While
+// it is not, and MaxSize has not been reached, Resume returns the bytes
+// gathered so far (partial with the new bytes appended, in a slice that
+// grows with what the client sent) and an error matching ErrTruncated; the
+// caller keeps that slice between reads instead of a 16 KiB buffer, so a
+// connection that never finishes its hello costs only what it sent. Errors
+// from fill are returned as is, with partial.
+func Resume(partial []byte, fill func(buf []byte) (int, error)) (*Hello, []byte, error) {
+	if len(partial) >= MaxSize {
+		return nil, partial, errTooLarge
+	}
+	h := pool.Get().(*Hello)
+	h.reset()
+	k := copy(h.buf[:], partial)
+	n, err := fill(h.buf[k:])
+	if err != nil {
+		h.Release()
+		return nil, partial, err
+	}
+	h.n = k + min(max(n, 0), len(h.buf)-k)
+	if err := h.parseBuffered(); err != nil {
+		if errors.Is(err, ErrTruncated) {
+			partial = append(partial, h.buf[k:h.n]...)
+		}
+		h.Release()
+		return nil, partial, err
+	}
+	return h, nil, nil
+}
+
+// parseBuffered parses the h.n bytes in h.buf as Parse does.
+func (h *Hello) parseBuffered() error {
 	if err := h.advance(); err != nil {
 		return err
 	}

@@ -58,6 +58,10 @@ type Config struct {
 	Hostmaster string `yaml:"hostmaster"`
 	// TTL of positive answers (default 60s: names move when nodes do).
 	TTL time.Duration `yaml:"ttl"`
+	// LiveTTL is the TTL of answers made of the live supernodes of a
+	// federation (dns.LiveSupernodes; default 10s): short, so resolvers
+	// stop using a supernode soon after it died.
+	LiveTTL time.Duration `yaml:"liveTTL"`
 	// NegativeTTL is the SOA minimum: how long NXDOMAIN is cached.
 	NegativeTTL time.Duration `yaml:"negativeTTL"`
 	// MaxUDPSize caps UDP answers whatever the client advertises
@@ -87,6 +91,7 @@ func DefaultConfig(dev bool) Config {
 		Nameservers: []NameServer{{Name: "ns1"}, {Name: "ns2"}},
 		Hostmaster:  "hostmaster",
 		TTL:         60 * time.Second,
+		LiveTTL:     10 * time.Second,
 		NegativeTTL: 60 * time.Second,
 		MaxUDPSize:  1232,
 		MaxTCPConns: 256,
@@ -115,6 +120,7 @@ type Handler struct {
 	zones   map[string]*zone
 	own     []netip.Addr
 	ttl     uint32
+	liveTTL uint32
 	maxUDP  int
 	limiter *ratelimit.Limiter[netip.Addr]
 	slip    atomic.Uint32 // counts limited UDP queries for the 1-in-2 slip
@@ -145,7 +151,7 @@ func NewHandler(src Source, cfg Config, m *metrics.Registry, now func() time.Tim
 	}
 	h := &Handler{
 		src: src, rules: rules, zones: map[string]*zone{}, own: own,
-		ttl: uint32(cfg.TTL / time.Second), maxUDP: cfg.MaxUDPSize,
+		ttl: uint32(cfg.TTL / time.Second), liveTTL: uint32(cfg.LiveTTL / time.Second), maxUDP: cfg.MaxUDPSize,
 		limiter: ratelimit.New[netip.Addr](cfg.RateLimit.Rate, cfg.RateLimit.Burst, 100_000),
 		m:       newDNSMetrics(m), now: now,
 	}
@@ -364,11 +370,16 @@ func (h *Handler) answer(req *mdns.Msg) *mdns.Msg {
 		if !ok {
 			return h.nxdomain(resp, zn)
 		}
-		addrs := h.own
-		if len(direct) > 0 {
-			addrs = direct
+		addrs, ttl := h.own, h.ttl
+		if live, ok := h.src.(LiveSupernodes); ok {
+			if a := live.LiveAddrs(); len(a) > 0 {
+				addrs, ttl = a, min(h.ttl, h.liveTTL)
+			}
 		}
-		resp.Answer = h.addrs(resp.Answer, owner, q.Qtype, addrs)
+		if len(direct) > 0 {
+			addrs, ttl = direct, h.ttl
+		}
+		resp.Answer = h.addrsTTL(resp.Answer, owner, q.Qtype, addrs, ttl)
 	case strings.HasPrefix(head, "_acme-challenge.") && !strings.Contains(head[len("_acme-challenge."):], "."):
 		values, _ := h.src.ACMEChallenge(name[len("_acme-challenge."):])
 		if len(values) == 0 {
@@ -390,14 +401,18 @@ func (h *Handler) answer(req *mdns.Msg) *mdns.Msg {
 
 // addrs appends the A and/or AAAA records of addrs that qtype asks for.
 func (h *Handler) addrs(rrs []mdns.RR, owner string, qtype uint16, addrs []netip.Addr) []mdns.RR {
+	return h.addrsTTL(rrs, owner, qtype, addrs, h.ttl)
+}
+
+func (h *Handler) addrsTTL(rrs []mdns.RR, owner string, qtype uint16, addrs []netip.Addr, ttl uint32) []mdns.RR {
 	for _, a := range addrs {
 		switch {
 		case a.Is4() && (qtype == mdns.TypeA || qtype == mdns.TypeANY):
 			b := a.As4()
-			rrs = append(rrs, &mdns.A{Hdr: hdr(owner, mdns.TypeA, h.ttl), A: net.IP(b[:])})
+			rrs = append(rrs, &mdns.A{Hdr: hdr(owner, mdns.TypeA, ttl), A: net.IP(b[:])})
 		case a.Is6() && (qtype == mdns.TypeAAAA || qtype == mdns.TypeANY):
 			b := a.As16()
-			rrs = append(rrs, &mdns.AAAA{Hdr: hdr(owner, mdns.TypeAAAA, h.ttl), AAAA: net.IP(b[:])})
+			rrs = append(rrs, &mdns.AAAA{Hdr: hdr(owner, mdns.TypeAAAA, ttl), AAAA: net.IP(b[:])})
 		}
 	}
 	return rrs

@@ -55,6 +55,9 @@ func LoadConfig(h host.Handle) (Config, error) {
 	if c.TTL < time.Second || c.TTL > 24*time.Hour {
 		errs = append(errs, sec.Errorf("ttl", fmt.Sprintf("%v is outside [1s, 24h]", c.TTL)))
 	}
+	if c.LiveTTL < time.Second || c.LiveTTL > time.Hour {
+		errs = append(errs, sec.Errorf("liveTTL", fmt.Sprintf("%v is outside [1s, 1h]", c.LiveTTL)))
+	}
 	if c.NegativeTTL < time.Second || c.NegativeTTL > 24*time.Hour {
 		errs = append(errs, sec.Errorf("negativeTTL", fmt.Sprintf("%v is outside [1s, 24h]", c.NegativeTTL)))
 	}

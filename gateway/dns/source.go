@@ -16,3 +16,13 @@ type Source interface {
 	// _acme-challenge.<name>, and whether name is registered.
 	ACMEChallenge(name string) (values []string, ok bool)
 }
+
+// LiveSupernodes is implemented by a Source that belongs to a federation
+// of supernodes (federation/mesh): registered names are then answered
+// with the addresses of every supernode alive now, this one included,
+// instead of this supernode's alone, so a resolver never gets a dead
+// supernode for longer than the TTL. An empty answer falls back to the
+// configured addresses.
+type LiveSupernodes interface {
+	LiveAddrs() []netip.Addr
+}

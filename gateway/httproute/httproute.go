@@ -84,6 +84,10 @@ func DefaultConfig(dev bool) Config {
 
 // Server routes plain HTTP by Host.
 type Server struct {
+	// Tunnels, set before Serve, carries the requests of names whose http
+	// is "tunnel" (Backend.Tunnel); nil: such names get a 502.
+	Tunnels Tunnels
+
 	router Router
 	cfg    Config
 	srv    *fasthttp.Server
@@ -110,6 +114,11 @@ func NewServer(r Router, cfg Config, m *metrics.Registry) *Server {
 		MaxResponseBodySize:           0, // streamed: the node's content is the node's business
 		ReadBufferSize:                cfg.MaxHeaderBytes,
 		Dial: func(addr string) (net.Conn, error) {
+			if id, ok := parseTunnelAddr(addr); ok && s.Tunnels != nil {
+				ctx, cancel := context.WithTimeout(context.Background(), cfg.DialTimeout)
+				defer cancel()
+				return s.Tunnels.Dial(ctx, id, TunnelService, nil)
+			}
 			return dialer.Dial("tcp", addr)
 		},
 	}
@@ -177,8 +186,19 @@ func (s *Server) Handle(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	acme := bytes.HasPrefix(ctx.Path(), acmePrefix)
-	if be.Addr == "" || (be.RedirectHTTPS && !acme) {
+	tunnelled := !be.Tunnel.IsZero()
+	if (be.Addr == "" && !tunnelled) || (be.RedirectHTTPS && !acme) {
 		s.redirect(ctx, host)
+		return
+	}
+	if tunnelled {
+		if s.Tunnels == nil || !s.Tunnels.Has(be.Tunnel) {
+			s.m.backendErrors.Inc()
+			ctx.SetConnectionClose()
+			ctx.Error("node offline: it holds no tunnel to this supernode\n", fasthttp.StatusBadGateway)
+			return
+		}
+		s.proxy(ctx, tunnelAddr(be.Tunnel))
 		return
 	}
 	s.proxy(ctx, be.Addr)

@@ -12,6 +12,9 @@ import (
 
 // Service runs the router in a host under the config section "http".
 type Service struct {
+	// Tunnels, set before Start, carries names whose http is "tunnel".
+	Tunnels Tunnels
+
 	router Router
 	srv    *Server
 	ln     net.Listener
@@ -68,6 +71,7 @@ func (s *Service) Start(ctx context.Context, h host.Handle) error {
 	}
 	s.ln = ln
 	s.srv = NewServer(s.router, c, h.Metrics())
+	s.srv.Tunnels = s.Tunnels
 	go s.srv.Serve(ln)
 	if adv, ok := h.(host.Advertiser); ok {
 		adv.Advertise("listen", ln.Addr().String())

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/elacity/pc2/core/metrics"
 	"github.com/elacity/pc2/gateway/clienthello/hellotest"
 	"github.com/elacity/pc2/gateway/sniproxy"
 )
@@ -57,8 +58,13 @@ func benchConnSetup(b *testing.B, addr string, hello []byte) {
 // include the client's and the sink's.
 func BenchmarkConnSetup(b *testing.B) {
 	hello := hellotest.MustCapture(hellotest.Configs(testName)["default"])
-	b.Run("proxy", func(b *testing.B) {
+	b.Run("loops", func(b *testing.B) {
 		e := startProxy(b, sniproxy.Config{}, false)
+		helloSink(b, e.backend, len(hello))
+		benchConnSetup(b, e.proxyAddr, hello)
+	})
+	b.Run("goroutines", func(b *testing.B) {
+		e := startProxy(b, sniproxy.Config{Dial: plainDial}, false)
 		helloSink(b, e.backend, len(hello))
 		benchConnSetup(b, e.proxyAddr, hello)
 	})
@@ -97,6 +103,7 @@ func BenchmarkRelay(b *testing.B) {
 		}()
 		b.SetBytes(size)
 		b.ReportAllocs()
+		buf := make([]byte, 256<<10)
 		for b.Loop() {
 			c, err := net.Dial("tcp", addr)
 			if err != nil {
@@ -105,14 +112,18 @@ func BenchmarkRelay(b *testing.B) {
 			if _, err := c.Write(hello); err != nil {
 				b.Fatal(err)
 			}
-			if n, err := io.Copy(io.Discard, c); err != nil || n != size {
+			if n, err := io.CopyBuffer(io.Discard, onlyReader{c}, buf); err != nil || n != size {
 				b.Fatalf("got %d bytes, %v", n, err)
 			}
 			c.Close()
 		}
 	}
-	b.Run("proxy", func(b *testing.B) {
+	b.Run("loops", func(b *testing.B) {
 		e := startProxy(b, sniproxy.Config{}, false)
+		run(b, e.proxyAddr, e.backend)
+	})
+	b.Run("goroutines", func(b *testing.B) {
+		e := startProxy(b, sniproxy.Config{Dial: plainDial}, false)
 		run(b, e.proxyAddr, e.backend)
 	})
 	b.Run("direct", func(b *testing.B) {
@@ -121,27 +132,63 @@ func BenchmarkRelay(b *testing.B) {
 	})
 }
 
-// BenchmarkIdleConnections reports the memory an idle relayed connection
-// costs: goroutine stacks (proxy only) and heap (proxy plus the test's own
-// client and backend sockets), per connection.
-func BenchmarkIdleConnections(b *testing.B) {
-	const n = 1000
-	hello := hellotest.ChromeLike(testName)
-	// Only the first round is measured: later rounds reuse the stacks and
-	// spans freed by earlier ones, which hides the cost.
+// memPerConn opens n connections with open (which returns every socket
+// the test holds) and reports the proxy's stack and heap growth per
+// connection once settle holds. The same connections opened without the
+// proxy (direct) are measured too and their heap subtracted, so the figure
+// is the proxy's alone. Only the first round is measured: later rounds
+// reuse the stacks and spans freed by earlier ones.
+func memPerConn(b *testing.B, n int, cfg sniproxy.Config, open func(b *testing.B, addr string, backend net.Listener) []net.Conn, settle func(e *env, g0 int) bool) {
+	measure := func(f func()) (stack, heap float64) {
+		var ms0, ms1 runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&ms0)
+		f()
+		runtime.GC()
+		runtime.ReadMemStats(&ms1)
+		return float64(int64(ms1.StackInuse)-int64(ms0.StackInuse)) / float64(n), float64(int64(ms1.HeapAlloc)-int64(ms0.HeapAlloc)) / float64(n)
+	}
 	var stackPer, heapPer float64
 	first := true
 	for b.Loop() {
 		b.StopTimer()
-		e := startProxy(b, sniproxy.Config{MaxPendingPerIP: n}, false)
-		backends := rawBackend(e.backend)
-		var ms0, ms1 runtime.MemStats
-		runtime.GC()
-		runtime.ReadMemStats(&ms0)
+		ln := listen(b)
+		var direct []net.Conn
+		_, directHeap := measure(func() { direct = open(b, ln.Addr().String(), ln) })
+		e := startProxy(b, cfg, false)
+		g0 := runtime.NumGoroutine()
 		b.StartTimer()
+		var keep []net.Conn
+		stack, heap := measure(func() {
+			keep = open(b, e.proxyAddr, e.backend)
+			waitFor(b, "connections to settle", func() bool { return settle(e, g0) })
+		})
+		b.StopTimer()
+		if first {
+			stackPer, heapPer = stack, heap-directHeap
+			first = false
+		}
+		for _, c := range append(keep, direct...) {
+			c.Close()
+		}
+		e.stop()
+		b.StartTimer()
+	}
+	b.ReportMetric(stackPer, "stack-B/conn")
+	b.ReportMetric(heapPer, "heap-B/conn")
+}
+
+// BenchmarkIdleConnections reports the memory an idle relayed connection
+// costs the proxy: on the event loops, and on the goroutine path once its
+// connections have parked.
+func BenchmarkIdleConnections(b *testing.B) {
+	const n = 1000
+	hello := hellotest.ChromeLike(testName)
+	open := func(b *testing.B, addr string, backend net.Listener) []net.Conn {
+		backends := rawBackend(backend)
 		keep := make([]net.Conn, 0, 2*n)
 		for range n {
-			c, err := net.Dial("tcp", e.proxyAddr)
+			c, err := net.Dial("tcp", addr)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -152,21 +199,60 @@ func BenchmarkIdleConnections(b *testing.B) {
 			if _, err := io.ReadFull(be, make([]byte, len(hello))); err != nil {
 				b.Fatal(err)
 			}
+			// One byte back, so that both directions have run.
+			if _, err := be.Write([]byte{1}); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+				b.Fatal(err)
+			}
 			keep = append(keep, c, be)
 		}
-		b.StopTimer()
-		runtime.GC()
-		runtime.ReadMemStats(&ms1)
-		if first {
-			stackPer = float64(ms1.StackInuse-ms0.StackInuse) / n
-			heapPer = float64(ms1.HeapInuse-ms0.HeapInuse) / n
-			first = false
-		}
-		for _, c := range keep {
-			c.Close()
-		}
-		b.StartTimer()
+		return keep
 	}
-	b.ReportMetric(stackPer, "stack-B/conn")
-	b.ReportMetric(heapPer, "heap-B/conn")
+	for _, mode := range []string{"loops", "goroutines"} {
+		b.Run(mode, func(b *testing.B) {
+			cfg := sniproxy.Config{MaxPendingPerIP: n, ParkAfter: 20 * time.Millisecond}
+			if mode == "goroutines" {
+				cfg.Dial = plainDial
+			}
+			memPerConn(b, n, cfg, open, func(_ *env, g0 int) bool { return runtime.NumGoroutine() <= g0+10 })
+		})
+	}
 }
+
+// BenchmarkPendingConnections reports the memory a connection costs while
+// it has sent 100 bytes of its ClientHello and nothing more (slowloris).
+func BenchmarkPendingConnections(b *testing.B) {
+	const n = 1000
+	partial := hellotest.ChromeLike(testName)[:100]
+	for _, mode := range []string{"loops", "goroutines"} {
+		b.Run(mode, func(b *testing.B) {
+			open := func(b *testing.B, addr string, backend net.Listener) []net.Conn {
+				keep := make([]net.Conn, 0, n)
+				for range n {
+					c, err := net.Dial("tcp", addr)
+					if err != nil {
+						b.Fatal(err)
+					}
+					if _, err := c.Write(partial); err != nil {
+						b.Fatal(err)
+					}
+					keep = append(keep, c)
+				}
+				return keep
+			}
+			cfg := sniproxy.Config{MaxPendingPerIP: n, HelloTimeout: time.Minute}
+			if mode == "goroutines" {
+				cfg.Dial = plainDial
+			}
+			memPerConn(b, n, cfg, open, func(e *env, _ int) bool { return metrics.Value(e.m.Pending) == n })
+		})
+	}
+}
+
+// onlyReader hides io.WriterTo so that CopyBuffer reads in 256 KiB
+// chunks (io.Discard's ReadFrom would read 8 KiB at a time).
+type onlyReader struct{ r io.Reader }
+
+func (o onlyReader) Read(p []byte) (int, error) { return o.r.Read(p) }

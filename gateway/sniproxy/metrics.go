@@ -14,6 +14,9 @@ type Metrics struct {
 	Active        metrics.UpDown  // connections open now
 	Pending       metrics.UpDown  // connections still sending their ClientHello
 	RejectedPerIP metrics.Counter // closed: too many pending hellos from one IP
+	// PendingEvicted counts pending connections closed to make room for a
+	// newer one (MaxConns or MaxPending reached).
+	PendingEvicted metrics.Counter
 
 	HelloTimeout    metrics.Counter
 	HelloNotTLS     metrics.Counter
@@ -45,6 +48,7 @@ func NewMetrics(r *metrics.Registry) *Metrics {
 		Active:          r.UpDown("connections_active"),
 		Pending:         r.UpDown("hellos_pending"),
 		RejectedPerIP:   r.Counter("rejected_total", "reason", "pending_per_ip"),
+		PendingEvicted:  r.Counter("pending_evicted_total"),
 		HelloTimeout:    hello("timeout"),
 		HelloNotTLS:     hello("not_tls"),
 		HelloTooLarge:   hello("too_large"),

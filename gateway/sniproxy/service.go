@@ -34,6 +34,40 @@ type Tunnels interface {
 // TunnelService is the node-side service a tunnelled TLS visitor is sent to.
 const TunnelService = "https"
 
+// TunnelTarget is the registered target of a name served only through its
+// owner's tunnel (plugins/registry/wire.TargetTunnel).
+const TunnelTarget = "tunnel"
+
+// ErrNodeOffline is the route error for a name whose target is
+// TunnelTarget while its owner holds no tunnel here: the visitor gets a
+// TLS alert at once instead of a dial to nowhere.
+var ErrNodeOffline = errors.New("sniproxy: the name's node holds no tunnel here")
+
+// NewTunnelRouter routes by the registered targets, sending a name whose
+// owner holds a tunnel here over that tunnel, ahead of its target (owners
+// and tunnels may be nil: no tunnels). A name registered with
+// TunnelTarget and no tunnel is refused with ErrNodeOffline.
+func NewTunnelRouter(targets TLSTargets, owners Owners, tunnels Tunnels, proxyProtocol bool) Router {
+	return RouterFunc(func(_ context.Context, name string) (Target, error) {
+		if tunnels != nil && owners != nil {
+			if id, ok := owners.Owner(name); ok && tunnels.Has(id) {
+				return Target{Addr: "tunnel:" + id.String(), ProxyProtocol: proxyProtocol,
+					Dial: func(ctx context.Context, client net.Addr) (net.Conn, error) {
+						return tunnels.Dial(ctx, id, TunnelService, client)
+					}}, nil
+			}
+		}
+		addr, ok := targets.TLSTarget(name)
+		switch {
+		case !ok:
+			return Target{}, ErrUnknownName
+		case addr == TunnelTarget:
+			return Target{}, ErrNodeOffline
+		}
+		return Target{Addr: addr, ProxyProtocol: proxyProtocol}, nil
+	})
+}
+
 // ServiceConfig is the "sni" section of a supernode's configuration.
 type ServiceConfig struct {
 	// Listen is the TLS passthrough address (":443"; dev: a free loopback port).
@@ -115,21 +149,11 @@ func (s *Service) Start(ctx context.Context, h host.Handle) error {
 	proxyProtocol := c.ProxyProtocol
 	owners, _ := s.targets.(Owners)
 	tunnels := s.Tunnels
+	if tunnels == nil {
+		owners = nil
+	}
 	srv, err := New(Config{
-		Router: RouterFunc(func(_ context.Context, name string) (Target, error) {
-			if tunnels != nil && owners != nil {
-				if id, ok := owners.Owner(name); ok && tunnels.Has(id) {
-					return Target{Addr: "tunnel:" + id.String(), ProxyProtocol: proxyProtocol,
-						Dial: func(ctx context.Context, client net.Addr) (net.Conn, error) {
-							return tunnels.Dial(ctx, id, TunnelService, client)
-						}}, nil
-				}
-			}
-			if addr, ok := s.targets.TLSTarget(name); ok {
-				return Target{Addr: addr, ProxyProtocol: proxyProtocol}, nil
-			}
-			return Target{}, ErrUnknownName
-		}),
+		Router:          NewTunnelRouter(s.targets, owners, tunnels, proxyProtocol),
 		HelloTimeout:    c.HelloTimeout,
 		DialTimeout:     c.DialTimeout,
 		IdleTimeout:     c.IdleTimeout,

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -31,6 +32,7 @@ type env struct {
 	backend   net.Listener
 	set       *metrics.Registry
 	m         *sniproxy.Metrics
+	stop      func() // stops Serve and waits for it; also run at cleanup
 }
 
 type staticRouter struct {
@@ -66,6 +68,9 @@ func startProxy(t testing.TB, cfg sniproxy.Config, proxyProto bool) *env {
 		}}
 	}
 	cfg.Metrics = e.m
+	if goroutineMode && cfg.Dial == nil {
+		cfg.Dial = plainDial
+	}
 	srv, err := sniproxy.New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -75,18 +80,57 @@ func startProxy(t testing.TB, cfg sniproxy.Config, proxyProto bool) *env {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx, ln) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Serve: %v", err)
+	var once sync.Once
+	e.stop = func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("Serve: %v", err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Errorf("Serve did not return after cancel")
 			}
-		case <-time.After(10 * time.Second):
-			t.Errorf("Serve did not return after cancel")
-		}
-	})
+		})
+	}
+	t.Cleanup(e.stop)
 	return e
+}
+
+// goroutineMode makes startProxy configure a dialer, which selects the
+// goroutine data path instead of the event loops (see TestGoroutinePath).
+var goroutineMode bool
+
+func plainDial(ctx context.Context, addr string) (net.Conn, error) {
+	var d net.Dialer
+	return d.DialContext(ctx, "tcp", addr)
+}
+
+// TestGoroutinePath runs the behaviour tests again on the goroutine data
+// path: the one used with a custom Config.Dial, for targets given by host
+// name, and on systems without the event loops.
+func TestGoroutinePath(t *testing.T) {
+	goroutineMode = true
+	defer func() { goroutineMode = false }()
+	for name, f := range behaviourTests {
+		t.Run(name, f)
+	}
+}
+
+// behaviourTests hold on both data paths.
+var behaviourTests = map[string]func(*testing.T){
+	"EndToEnd":      TestEndToEndTLSPassthrough,
+	"SplitHello":    TestSplitHello,
+	"UnknownName":   TestUnknownNameAlert,
+	"ProxyProtocol": TestProxyProtocolHeader,
+	"HalfClose":     TestHalfClose,
+	"HelloTimeout":  TestSlowlorisHelloTimeout,
+	"OversizeHello": TestOversizeHello,
+	"NotTLS":        TestNotTLSClosed,
+	"IdleTimeout":   TestIdleTimeout,
+	"PendingPerIP":  TestPendingPerIPBound,
+	"MaxConns":      TestMaxConnsBound,
 }
 
 // waitFor polls cond until it holds or the deadline passes.
@@ -429,13 +473,15 @@ func TestNotTLSClosed(t *testing.T) {
 }
 
 func TestIdleTimeout(t *testing.T) {
-	e := startProxy(t, sniproxy.Config{IdleTimeout: 300 * time.Millisecond}, false)
+	// 800 ms leaves room for a loaded machine's scheduling delays in the
+	// 100 ms trickle below.
+	e := startProxy(t, sniproxy.Config{IdleTimeout: 800 * time.Millisecond}, false)
 	conns := rawBackend(e.backend)
 	hello := hellotest.ChromeLike(testName)
 
 	// A connection that trickles one byte every 100 ms, backend to client
-	// only, must survive several idle periods: the watchdog sees the
-	// kernel's counters move although no user-space copy happens.
+	// only, must survive several idle periods: activity in one direction
+	// keeps the whole connection alive.
 	active, err := net.DialTimeout("tcp", e.proxyAddr, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -450,7 +496,7 @@ func TestIdleTimeout(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = active.SetReadDeadline(time.Now().Add(10 * time.Second))
-	for i := range 15 {
+	for i := range 25 {
 		if _, err := b.Write([]byte{'t'}); err != nil {
 			t.Fatalf("trickle %d: %v", i, err)
 		}
@@ -548,14 +594,26 @@ func (c nonTCPConn) CloseWrite() error { return c.Conn.(*net.TCPConn).CloseWrite
 // TestTargetDial: a Target with its own Dial (a node's tunnel) is used
 // instead of Config.Dial, receives the visitor's address, and may return
 // any net.Conn.
+// TestTargetDial checks that a target's own Dial (a tunnel stream) is used
+// on both data paths: the event loops hand such a connection to the
+// goroutine path, which must not fall back to Config.Dial.
 func TestTargetDial(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		configDial bool
+	}{{"loops", false}, {"goroutines", true}} {
+		t.Run(tc.name, func(t *testing.T) { testTargetDial(t, tc.configDial) })
+	}
+}
+
+func testTargetDial(t *testing.T, configDial bool) {
 	cert, pool := newCert(t)
 	backend := listen(t)
 	tlsBackend(t, backend, cert, false, nil)
 	visitors := make(chan net.Addr, 1)
-	e := startProxy(t, sniproxy.Config{
+	cfg := sniproxy.Config{
 		Router: staticRouter{names: map[string]sniproxy.Target{testName: {
-			Addr: "tunnel:test",
+			Addr: "127.0.0.1:9", // must not be dialled: the target has its own Dial
 			Dial: func(ctx context.Context, client net.Addr) (net.Conn, error) {
 				visitors <- client
 				c, err := (&net.Dialer{}).DialContext(ctx, "tcp", backend.Addr().String())
@@ -565,11 +623,14 @@ func TestTargetDial(t *testing.T) {
 				return nonTCPConn{c}, nil
 			},
 		}}},
-		Dial: func(context.Context, string) (net.Conn, error) {
+	}
+	if configDial {
+		cfg.Dial = func(context.Context, string) (net.Conn, error) {
 			t.Error("Config.Dial used for a target with its own Dial")
 			return nil, errors.New("no")
-		},
-	}, false)
+		}
+	}
+	e := startProxy(t, cfg, false)
 	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", e.proxyAddr, clientConfig(pool))
 	if err != nil {
 		t.Fatalf("handshake through proxy: %v", err)

@@ -30,7 +30,8 @@ const (
 // bytes that splice calls returned. Each relayed byte is spliced twice
 // (socket to pipe, pipe to socket); a user-space copy would show none.
 func TestRelayUsesSplice(t *testing.T) {
-	if os.Getenv(spliceChildEnv) == "1" {
+	if mode := os.Getenv(spliceChildEnv); mode != "" {
+		goroutineMode = mode == "goroutines"
 		bulkThroughProxy(t)
 		return
 	}
@@ -38,10 +39,16 @@ func TestRelayUsesSplice(t *testing.T) {
 	if err != nil {
 		t.Skip("strace not installed: cannot observe splice(2) (apt-get install strace)")
 	}
+	for _, mode := range []string{"loops", "goroutines"} {
+		t.Run(mode, func(t *testing.T) { spliceUnderStrace(t, strace, mode) })
+	}
+}
+
+func spliceUnderStrace(t *testing.T, strace, mode string) {
 	trace := filepath.Join(t.TempDir(), "trace")
 	cmd := exec.Command(strace, "-f", "-qq", "-e", "trace=splice", "-o", trace,
 		os.Args[0], "-test.run=^TestRelayUsesSplice$", "-test.count=1", "-test.v")
-	cmd.Env = append(os.Environ(), spliceChildEnv+"=1")
+	cmd.Env = append(os.Environ(), spliceChildEnv+"="+mode)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		if bytes.Contains(out, []byte("Operation not permitted")) || bytes.Contains(out, []byte("PTRACE")) {
@@ -181,4 +188,8 @@ func TestIdleConnectionsHoldNoPipe(t *testing.T) {
 	if got := countPipes(t) - before; got >= conns {
 		t.Fatalf("%d idle relayed connections hold %d pipe descriptors", conns, got)
 	}
+}
+
+func init() {
+	behaviourTests["IdleHoldsNoPipe"] = TestIdleConnectionsHoldNoPipe
 }

@@ -76,6 +76,7 @@ type Options struct {
 	Storage             *store.Namespace  // required
 	Clock               clock.Clock       // clock.Real
 	Publisher           Publisher         // NopPublisher
+	Claims              Claims            // nil: this supernode alone decides
 	Logger              *slog.Logger      // discard
 	Metrics             *metrics.Registry // a private registry
 	Lifetime            time.Duration     // 30 days: a name expires unless renewed
@@ -453,7 +454,7 @@ func (r *Registry) dropOwner(id identity.ID) {
 // checkEndpoints applies the address policy to the endpoints of q.
 func (r *Registry) checkEndpoints(q *wire.Request) error {
 	for _, ep := range []string{q.Target, q.HTTP} {
-		if ep == "" || r.o.AllowPrivateTargets {
+		if ep == "" || ep == wire.TargetTunnel || r.o.AllowPrivateTargets {
 			continue
 		}
 		a := netip.MustParseAddrPort(ep).Addr().Unmap() // wire.Check parsed it
@@ -476,6 +477,9 @@ func (r *Registry) change(q *wire.Request, cur *entry, now int64) (*wire.Record,
 			return nil, refuse(wire.CodeTaken, "%s belongs to another id", q.Name)
 		}
 		return nil, refuse(wire.CodeForbidden, "%s belongs to another id", q.Name)
+	}
+	if cur == nil && q.Op == wire.OpRegister && r.o.Claims != nil && r.o.Claims.ClaimedElsewhere(q.Name, q.ID) {
+		return nil, refuse(wire.CodeTaken, "%s belongs to another id (registered at another supernode)", q.Name)
 	}
 	if cur == nil && q.Op != wire.OpRegister {
 		return nil, refuse(wire.CodeNotFound, "%s is not registered", q.Name)

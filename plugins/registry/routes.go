@@ -6,6 +6,7 @@ import (
 	"github.com/elacity/pc2/core/identity"
 	"github.com/elacity/pc2/gateway/httproute"
 	"github.com/elacity/pc2/gateway/names"
+	"github.com/elacity/pc2/plugins/registry/wire"
 )
 
 // The lookups below serve the gateway's data paths. They take the
@@ -23,7 +24,8 @@ func (r *Registry) lookup(b []byte) *entry {
 	return e
 }
 
-// TLSTarget returns the TLS endpoint (IP:port) of a server name, for the
+// TLSTarget returns the TLS endpoint (IP:port, or wire.TargetTunnel for a
+// name served only through its owner's tunnel) of a server name, for the
 // :443 SNI router. The lead's adapter to sniproxy.Router is:
 //
 //	sniproxy.RouterFunc(func(_ context.Context, sn string) (sniproxy.Target, error) {
@@ -74,6 +76,9 @@ func (r *Registry) HTTPBackend(host []byte) (httproute.Backend, bool) {
 		return httproute.Backend{}, false
 	}
 	if e := r.lookup(b); e != nil {
+		if e.http == wire.TargetTunnel {
+			return httproute.Backend{Tunnel: e.owner, RedirectHTTPS: e.redirect}, true
+		}
 		return httproute.Backend{Addr: e.http, RedirectHTTPS: e.redirect}, true
 	}
 	return httproute.Backend{}, false

@@ -76,6 +76,8 @@ type Service struct {
 	// Publisher receives every change; set it before Start (default:
 	// NopPublisher, until the DHT is wired).
 	Publisher Publisher
+	// Claims, set before Start, refuses names held at other supernodes.
+	Claims Claims
 
 	reg  atomic.Pointer[Registry]
 	api  *API
@@ -150,7 +152,7 @@ func (s *Service) Start(ctx context.Context, h host.Handle) error {
 	}
 	s.log = h.Logger()
 	reg, err := Open(Options{
-		Rules: rules, Storage: h.Storage(), Clock: h.Clock(), Publisher: s.Publisher, Logger: s.log, Metrics: h.Metrics(),
+		Rules: rules, Storage: h.Storage(), Clock: h.Clock(), Publisher: s.Publisher, Claims: s.Claims, Logger: s.log, Metrics: h.Metrics(),
 		Lifetime: c.Lifetime, MaxSkew: c.MaxSkew, ACMELifetime: c.ACMELifetime,
 		MaxNames: c.MaxNames, MaxNamesPerOwner: c.MaxNamesPerOwner, AllowPrivateTargets: c.AllowPrivateTargets,
 		RatePerID: c.RateLimit.PerID.Rate, BurstPerID: c.RateLimit.PerID.Burst,

@@ -15,9 +15,11 @@ import (
 
 	"github.com/quic-go/quic-go"
 
+	"github.com/elacity/pc2/core/clock"
 	"github.com/elacity/pc2/core/identity"
 	"github.com/elacity/pc2/gateway/proxyproto"
 	"github.com/elacity/pc2/transport/quicid"
+	"github.com/elacity/pc2/transport/udpmux"
 )
 
 // Local is one local service a node exposes through its tunnel.
@@ -53,6 +55,17 @@ type ClientConfig struct {
 	DialTimeout            time.Duration // 5 s, for local services
 	LocalUDP               string        // local UDP address to bind (":0")
 	Logger                 *slog.Logger
+	// Shared, if set, is the node's shared UDP socket: the tunnel dials
+	// from it (so it uses the NAT mapping the node discovered and maps)
+	// instead of binding LocalUDP, and takes its wake messages from it.
+	Shared *udpmux.Mux
+	// Ports asks the supernode for public ports for local services
+	// (ports_client.go); MaxUDPFlows (4096) and UDPIdle (60 s) bound the
+	// UDP flows, timed by Clock (nil: the system clock).
+	Ports       []PortSpec
+	MaxUDPFlows int
+	UDPIdle     time.Duration
+	Clock       clock.Clock
 }
 
 // Client keeps a node's tunnel to one supernode up, forever, and serves
@@ -72,6 +85,7 @@ type Client struct {
 	cancel    context.CancelFunc
 	done      chan struct{}
 	streamsWG sync.WaitGroup
+	ports     *clientPorts // nil: no mapped ports
 }
 
 // NewClient returns a client; Start runs it.
@@ -103,11 +117,24 @@ func NewClient(kp *identity.KeyPair, cfg ClientConfig) *Client {
 	if cfg.UpgradeEvery <= 0 {
 		cfg.UpgradeEvery = 30 * time.Second
 	}
+	if cfg.MaxUDPFlows <= 0 {
+		cfg.MaxUDPFlows = 4096
+	}
+	if cfg.UDPIdle <= 0 {
+		cfg.UDPIdle = 60 * time.Second
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.Real{}
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Client{cfg: cfg, kp: kp, log: log, wake: make(chan struct{}, 1)}
+	c := &Client{cfg: cfg, kp: kp, log: log, wake: make(chan struct{}, 1)}
+	if len(cfg.Ports) > 0 {
+		c.ports = newClientPorts(c)
+	}
+	return c
 }
 
 // Up reports whether the tunnel is connected.
@@ -129,19 +156,57 @@ func (c *Client) Start() error {
 	if err != nil {
 		return err
 	}
+	ctx, cancel := context.WithCancel(context.Background())
+	if m := c.cfg.Shared; m != nil {
+		// Several tunnels may share the socket: each takes only the wake
+		// messages of its own supernode (resolved once here; if that
+		// fails, it takes any and readWakes filters).
+		var sn netip.AddrPort
+		if ua, err := net.ResolveUDPAddr("udp", c.cfg.Supernode); err == nil {
+			sn = netip.AddrPortFrom(ua.AddrPort().Addr().Unmap(), ua.AddrPort().Port())
+		}
+		wakes := make(chan net.Addr, 1)
+		remove := m.Handle(func(p []byte) bool { return string(p) == string(wakeMessage) }, func(_ []byte, from netip.AddrPort) bool {
+			if sn.IsValid() && from != sn {
+				return false
+			}
+			select {
+			case wakes <- net.UDPAddrFromAddrPort(from):
+			default: // one pending wake is enough
+			}
+			return true
+		})
+		read := func(ctx context.Context, b []byte) (int, net.Addr, error) {
+			select {
+			case from := <-wakes:
+				return copy(b, wakeMessage), from, nil
+			case <-ctx.Done():
+				return 0, nil, ctx.Err()
+			}
+		}
+		c.cancel = cancel
+		c.done = make(chan struct{})
+		go func() {
+			defer close(c.done)
+			defer remove()
+			go c.readWakes(ctx, read)
+			c.loop(ctx, m.Transport(), tlsConf)
+		}()
+		return nil
+	}
 	udp, err := net.ListenPacket("udp", c.cfg.LocalUDP)
 	if err != nil {
+		cancel()
 		return fmt.Errorf("tunnel client socket: %w", err)
 	}
 	tr := &quic.Transport{Conn: udp}
-	ctx, cancel := context.WithCancel(context.Background())
 	c.cancel = cancel
 	c.done = make(chan struct{})
 	go func() {
 		defer close(c.done)
 		defer udp.Close()
 		defer tr.Close()
-		go c.readWakes(ctx, tr)
+		go c.readWakes(ctx, tr.ReadNonQUICPacket)
 		c.loop(ctx, tr, tlsConf)
 	}()
 	return nil
@@ -194,11 +259,11 @@ var probe [64]byte
 
 // readWakes passes wake messages from the supernode's address to the
 // loop, at most one per 100 ms.
-func (c *Client) readWakes(ctx context.Context, tr *quic.Transport) {
+func (c *Client) readWakes(ctx context.Context, read func(context.Context, []byte) (int, net.Addr, error)) {
 	buf := make([]byte, 64)
 	var last time.Time
 	for {
-		n, from, err := tr.ReadNonQUICPacket(ctx, buf)
+		n, from, err := read(ctx, buf)
 		if err != nil {
 			return
 		}
@@ -342,9 +407,19 @@ func (c *Client) dialQUIC(ctx context.Context, tr *quic.Transport, tlsConf *tls.
 	return quicSession{conn}, nil
 }
 
-// serveSession accepts visitor streams until the session ends.
+// serveSession accepts visitor streams until the session ends. On QUIC it
+// also asks for the node's mapped ports (ports_client.go): their control
+// stream and UDP datagrams need QUIC, so over the TCP fallback the node's
+// leases are held by the supernode until QUIC is back or they expire.
 func (c *Client) serveSession(ctx context.Context, sess session) error {
 	defer sess.Close("")
+	if q, ok := sess.(quicSession); ok && c.ports != nil {
+		c.streamsWG.Add(1)
+		go func() {
+			defer c.streamsWG.Done()
+			c.ports.attach(ctx, q.c)
+		}()
+	}
 	for {
 		st, err := sess.AcceptStream(ctx)
 		if err != nil {

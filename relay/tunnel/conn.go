@@ -54,6 +54,13 @@ func (c *streamConn) SetDeadline(t time.Time) error      { return c.st.SetDeadli
 func (c *streamConn) SetReadDeadline(t time.Time) error  { return c.st.SetReadDeadline(t) }
 func (c *streamConn) SetWriteDeadline(t time.Time) error { return c.st.SetWriteDeadline(t) }
 
+// bucketNow and bucketSleep are the buckets' time; the rate test swaps
+// them for a virtual clock.
+var (
+	bucketNow   = time.Now
+	bucketSleep = time.Sleep
+)
+
 // bucket is a token bucket; wait blocks until n tokens are available, so
 // a node over its byte rate is slowed down, never cut off.
 type bucket struct {
@@ -65,7 +72,7 @@ type bucket struct {
 }
 
 func newBucket(rate, burst float64) *bucket {
-	return &bucket{rate: rate, burst: burst, level: burst, last: time.Now()}
+	return &bucket{rate: rate, burst: burst, level: burst, last: bucketNow()}
 }
 
 func (b *bucket) refill(now time.Time) {
@@ -77,7 +84,7 @@ func (b *bucket) refill(now time.Time) {
 func (b *bucket) take(n float64) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.refill(time.Now())
+	b.refill(bucketNow())
 	if b.level < n {
 		return false
 	}
@@ -88,7 +95,7 @@ func (b *bucket) take(n float64) bool {
 // wait takes n tokens, going into debt and sleeping it off.
 func (b *bucket) wait(n float64) {
 	b.mu.Lock()
-	b.refill(time.Now())
+	b.refill(bucketNow())
 	b.level -= n
 	var d time.Duration
 	if b.level < 0 {
@@ -96,6 +103,6 @@ func (b *bucket) wait(n float64) {
 	}
 	b.mu.Unlock()
 	if d > 0 {
-		time.Sleep(d)
+		bucketSleep(d)
 	}
 }

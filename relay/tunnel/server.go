@@ -51,6 +51,9 @@ type ServerConfig struct {
 	// restart.
 	OnUp   func(id identity.ID, addr net.Addr)
 	Logger *slog.Logger
+	// Ports maps public ports to node services (ports.go); Ports.Min 0:
+	// none.
+	Ports PortConfig
 }
 
 // wakeMessage is what a restarted supernode sends to the nodes it served
@@ -79,11 +82,15 @@ type Server struct {
 	// live tunnels by transport (current and draining)
 	quicTunnels, tcpTunnels atomic.Int64
 	closeOnce               sync.Once
+	ports                   *portMap // nil: no port mapping
 }
 
 type tunnelConn struct {
-	id      identity.ID
-	sess    session
+	id   identity.ID
+	sess session
+	// conn is the QUIC connection of a QUIC tunnel, nil on TCP: mapped
+	// ports' control streams and UDP datagrams (ports.go) need QUIC.
+	conn    *quic.Conn
 	streams atomic.Int64
 	rate    *bucket // nil: unlimited
 	// draining: a newer tunnel of the same node took over; this one
@@ -141,9 +148,18 @@ func (s *Server) Listen(addr string) (net.Addr, error) {
 		udp.Close()
 		return nil, err
 	}
+	if s.cfg.Ports.Min != 0 {
+		if s.ports, err = newPortMap(s, s.cfg.Ports); err != nil {
+			udp.Close()
+			return nil, err
+		}
+	}
 	s.tr = &quic.Transport{Conn: udp, StatelessResetKey: quicid.StatelessResetKey(s.kp)}
 	qc := quicid.Config(0, Idle) // nodes open no streams to the server
 	qc.MaxIncomingStreams = -1
+	if s.ports != nil {
+		qc.MaxIncomingStreams = 1 // one control stream at a time (ports.go)
+	}
 	qc.EnableDatagrams = true // wake probes from nodes; never read
 	ln, err := s.tr.Listen(tlsConf, qc)
 	if err != nil {
@@ -211,6 +227,9 @@ func (s *Server) acceptLoop() {
 // the node held before drains.
 func (s *Server) register(id identity.ID, sess session) {
 	t := &tunnelConn{id: id, sess: sess}
+	if q, ok := sess.(quicSession); ok {
+		t.conn = q.c
+	}
 	if s.cfg.BytesPerSecond > 0 {
 		t.rate = newBucket(s.cfg.BytesPerSecond, max(s.cfg.BytesPerSecond, 256<<10))
 	}
@@ -234,18 +253,26 @@ func (s *Server) register(id identity.ID, sess session) {
 	if s.cfg.OnUp != nil {
 		go s.cfg.OnUp(id, sess.RemoteAddr())
 	}
+	if s.ports != nil && t.conn != nil {
+		s.wg.Add(1)
+		go s.serveControl(t)
+	}
 	// AfterFunc rather than a goroutine: an idle tunnel holds no stack of
 	// ours.
 	s.wg.Add(1)
 	context.AfterFunc(sess.Context(), func() {
 		defer s.wg.Done()
 		s.mu.Lock()
-		if s.tunnels[id] == t {
+		current := s.tunnels[id] == t
+		if current {
 			delete(s.tunnels, id)
 		}
 		delete(s.live, t)
 		s.mu.Unlock()
 		count.Add(-1)
+		if current && s.ports != nil {
+			s.ports.detach(id) // its ports are held for it
+		}
 		s.log.Info("tunnel down", "node", id, "transport", sess.Transport(), "err", context.Cause(sess.Context()))
 	})
 }
@@ -345,6 +372,9 @@ func (s *Server) Close() error {
 		if s.tr != nil {
 			s.tr.Close()
 			s.tr.Conn.Close() // the transport does not close a socket it was given
+		}
+		if s.ports != nil {
+			s.ports.close()
 		}
 	})
 	s.wg.Wait()

@@ -6,11 +6,16 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/elacity/pc2/core/host"
 	"github.com/elacity/pc2/core/identity"
 	"github.com/elacity/pc2/core/store"
+	"github.com/elacity/pc2/transport/udpmux"
 )
 
 // maxRemembered bounds the node addresses kept for waking after a restart.
@@ -39,6 +44,42 @@ type ServerServiceConfig struct {
 	Allow    []string `yaml:"allow"`
 	Deny     []string `yaml:"deny"`
 	AdmitAll bool     `yaml:"admitAll"`
+	// Ports are the port-mapped endpoints (ports.go).
+	Ports PortsConfig `yaml:"ports"`
+}
+
+// PortsConfig is the "ports" part of the "tunnel" section.
+type PortsConfig struct {
+	// Range is "min-max" (default "20000-22000"), or "off".
+	Range string `yaml:"range"`
+	// PerNode bounds the ports one node holds, TCP and UDP together (4).
+	PerNode int `yaml:"perNode"`
+	// Hold keeps a node's ports after its tunnel went away (5m).
+	Hold time.Duration `yaml:"hold"`
+	// Bind is the address mapped ports listen on ("": all; dev 127.0.0.1).
+	Bind string `yaml:"bind"`
+	// UDPFlows bounds the visitors of one UDP port (1024); UDPIdle ends
+	// a quiet flow (60s).
+	UDPFlows int           `yaml:"udpFlows"`
+	UDPIdle  time.Duration `yaml:"udpIdle"`
+	// TCPConns bounds the visitors of one TCP port at once (1024),
+	// TCPConnsPerSource those from one IPv4 address or IPv6 /64 (64).
+	TCPConns          int `yaml:"tcpConns"`
+	TCPConnsPerSource int `yaml:"tcpConnsPerSource"`
+}
+
+// parseRange parses "min-max" or "off" (0, 0).
+func parseRange(s string) (uint16, uint16, error) {
+	if s == "off" {
+		return 0, 0, nil
+	}
+	lo, hi, ok := strings.Cut(s, "-")
+	a, err1 := strconv.ParseUint(lo, 10, 16)
+	b, err2 := strconv.ParseUint(hi, 10, 16)
+	if !ok || err1 != nil || err2 != nil || a == 0 || b < a {
+		return 0, 0, fmt.Errorf("range %q: want min-max with 1 <= min <= max <= 65535, or off", s)
+	}
+	return uint16(a), uint16(b), nil
 }
 
 // ServerService runs a Server in a host under the section "tunnel".
@@ -75,9 +116,12 @@ func parseIDs(ids []string) (map[identity.ID]bool, error) {
 
 // Start implements host.Service.
 func (s *ServerService) Start(ctx context.Context, h host.Handle) error {
-	c := ServerServiceConfig{Listen: ":8090", MaxStreamsPerNode: 10000, HandshakesPerSecond: 100, HandshakeBurst: 200}
+	c := ServerServiceConfig{Listen: ":8090", MaxStreamsPerNode: 10000, HandshakesPerSecond: 100, HandshakeBurst: 200,
+		Ports: PortsConfig{Range: "20000-22000", PerNode: 4, Hold: 5 * time.Minute, UDPFlows: 1024, UDPIdle: time.Minute,
+			TCPConns: 1024, TCPConnsPerSource: 64}}
 	if h.Config().Dev {
 		c.Listen = "127.0.0.1:0"
+		c.Ports.Bind = "127.0.0.1"
 	}
 	sec := h.Section()
 	if err := sec.Decode(&c); err != nil {
@@ -98,6 +142,19 @@ func (s *ServerService) Start(ctx context.Context, h host.Handle) error {
 	}
 	if c.MaxStreamsPerNode < 1 || c.HandshakesPerSecond <= 0 || c.HandshakeBurst < 1 || c.BytesPerSecond < 0 {
 		errs = append(errs, sec.Errorf("maxStreamsPerNode", "maxStreamsPerNode, handshakesPerSecond and handshakeBurst must be positive, bytesPerSecond not negative"))
+	}
+	pmin, pmax, err := parseRange(c.Ports.Range)
+	if err != nil {
+		errs = append(errs, sec.Errorf("ports", err.Error()))
+	}
+	if c.Ports.PerNode < 1 || c.Ports.UDPFlows < 1 || c.Ports.TCPConns < 1 || c.Ports.TCPConnsPerSource < 1 {
+		errs = append(errs, sec.Errorf("ports", "perNode, udpFlows, tcpConns and tcpConnsPerSource must be at least 1"))
+	}
+	errs = append(errs, sec.CheckDurations(24*time.Hour, map[string]time.Duration{"ports.hold": c.Ports.Hold, "ports.udpIdle": c.Ports.UDPIdle}))
+	if c.Ports.Bind != "" {
+		if _, err := netip.ParseAddr(c.Ports.Bind); err != nil {
+			errs = append(errs, sec.Errorf("ports", fmt.Sprintf("bind %q: want an IP address or empty", c.Ports.Bind)))
+		}
 	}
 	if err := errors.Join(errs...); err != nil {
 		return err
@@ -133,6 +190,9 @@ func (s *ServerService) Start(ctx context.Context, h host.Handle) error {
 		},
 		Admit: admit, MaxStreamsPerNode: c.MaxStreamsPerNode, BytesPerSecond: c.BytesPerSecond,
 		HandshakesPerSecond: c.HandshakesPerSecond, HandshakeBurst: c.HandshakeBurst, Logger: h.Logger(),
+		Ports: PortConfig{Min: pmin, Max: pmax, PerNode: c.Ports.PerNode, Hold: c.Ports.Hold, Bind: c.Ports.Bind,
+			UDPFlows: c.Ports.UDPFlows, UDPIdle: c.Ports.UDPIdle, TCPConns: c.Ports.TCPConns, TCPConnsPerSource: c.Ports.TCPConnsPerSource,
+			Clock: h.Clock(), Leases: NewStoreLeases(store)},
 	})
 	addr, err := srv.Listen(c.Listen)
 	if err != nil {
@@ -175,6 +235,11 @@ func (s *ServerService) Start(ctx context.Context, h host.Handle) error {
 	}
 	m.Gauge("tunnels_accepted", func() float64 { return float64(srv.Accepted.Load()) })
 	m.Gauge("handshakes_refused", func() float64 { return float64(srv.Refused.Load()) })
+	if srv.ports != nil {
+		m.Gauge("ports_leased", func() float64 { return float64(len(srv.Leases())) })
+		m.Gauge("ports_granted", func() float64 { return float64(srv.ports.Granted.Load()) })
+		m.Gauge("ports_refused", func() float64 { return float64(srv.ports.Refused.Load()) })
+	}
 	if adv, ok := h.(host.Advertiser); ok {
 		adv.Advertise("listen", addr.String())
 		if tcpAddr != nil {
@@ -215,11 +280,17 @@ type ClientServiceConfig struct {
 	Supernode   string `yaml:"supernode"`
 	SupernodeID string `yaml:"supernodeID"`
 	// SupernodeTCP is the supernode's TCP fallback endpoint; empty: the
-	// same host:port as supernode.
+	// same host:port as supernode. Supernodes use their addr on TCP.
 	SupernodeTCP string `yaml:"supernodeTCP"`
-	// Transport: auto (QUIC, TCP when QUIC does not connect within 1.5 s,
-	// back to QUIC when it works again), quic, or tcp.
+	// Transport, for every supernode: auto (QUIC, TCP when QUIC does not
+	// connect within 1.5 s, back to QUIC when it works again), quic, or
+	// tcp.
 	Transport string `yaml:"transport"`
+	// Supernodes are more supernodes to hold a tunnel to at the same
+	// time (primary, secondary...): the node stays reachable through any
+	// one that is alive, and the federation forwards visitors of the
+	// others to one of them.
+	Supernodes []SupernodeConfig `yaml:"supernodes"`
 	// Services are the local services reachable through the tunnel. The
 	// supernode's SNI gateway asks for "https".
 	Services []struct {
@@ -227,11 +298,29 @@ type ClientServiceConfig struct {
 		Addr          string `yaml:"addr"`
 		ProxyProtocol bool   `yaml:"proxyProtocol"`
 	} `yaml:"services"`
+	// Ports asks each supernode for public ports for services of the
+	// list above: [{service: ssh, proto: tcp}]; proto tcp (default) or
+	// udp. Each supernode grants its own port (metric port{supernode}).
+	Ports []struct {
+		Service string `yaml:"service"`
+		Proto   string `yaml:"proto"`
+	} `yaml:"ports"`
 }
 
-// ClientService runs a Client in a host under the section "tunnel-client".
+// SupernodeConfig is one supernode's tunnel endpoint and node id.
+type SupernodeConfig struct {
+	Addr string `yaml:"addr"` // UDP host:port
+	ID   string `yaml:"id"`
+}
+
+// ClientService runs one Client per configured supernode in a host under
+// the section "tunnel-client".
 type ClientService struct {
-	cli atomic.Pointer[Client]
+	cli  atomic.Pointer[Client] // the first
+	clis []*Client
+	// Shared, if set, returns the node's shared UDP socket (the nat
+	// service's, which must start first); the tunnels then run on it.
+	Shared func() *udpmux.Mux
 }
 
 // NewClientService returns an unstarted service.
@@ -240,8 +329,11 @@ func NewClientService() *ClientService { return &ClientService{} }
 // Name implements host.Service.
 func (s *ClientService) Name() string { return "tunnel-client" }
 
-// Client returns the running client, or nil.
+// Client returns the running client of the first supernode, or nil.
 func (s *ClientService) Client() *Client { return s.cli.Load() }
+
+// Clients returns the running clients, one per supernode.
+func (s *ClientService) Clients() []*Client { return s.clis }
 
 // Start implements host.Service: it starts the reconnect loop and returns
 // at once; the tunnel comes up in the background.
@@ -251,12 +343,11 @@ func (s *ClientService) Start(_ context.Context, h host.Handle) error {
 	if err := sec.Decode(&c); err != nil {
 		return err
 	}
-	if c.Supernode == "" && c.SupernodeID == "" {
+	if c.Supernode == "" && c.SupernodeID == "" && len(c.Supernodes) == 0 {
 		h.Logger().Info("no supernode configured; no tunnel")
 		return nil
 	}
 	var errs []error
-	errs = append(errs, sec.CheckHostPort("supernode", c.Supernode))
 	if c.SupernodeTCP != "" {
 		errs = append(errs, sec.CheckHostPort("supernodeTCP", c.SupernodeTCP))
 	}
@@ -265,9 +356,24 @@ func (s *ClientService) Start(_ context.Context, h host.Handle) error {
 	default:
 		errs = append(errs, sec.Errorf("transport", fmt.Sprintf("transport %q: use auto, quic or tcp", c.Transport)))
 	}
-	sid, err := identity.ParseID(c.SupernodeID)
-	if err != nil {
-		errs = append(errs, sec.Errorf("supernodeID", err.Error()))
+	type target struct {
+		addr, tcp string
+		id        identity.ID
+	}
+	var targets []target
+	add := func(field, addr, tcp, idField, id string) {
+		errs = append(errs, sec.CheckHostPort(field, addr))
+		sid, err := identity.ParseID(id)
+		if err != nil {
+			errs = append(errs, sec.Errorf(idField, err.Error()))
+		}
+		targets = append(targets, target{addr, tcp, sid})
+	}
+	if c.Supernode != "" || c.SupernodeID != "" {
+		add("supernode", c.Supernode, c.SupernodeTCP, "supernodeID", c.SupernodeID)
+	}
+	for i, sn := range c.Supernodes {
+		add(fmt.Sprintf("supernodes[%d].addr", i), sn.Addr, "", fmt.Sprintf("supernodes[%d].id", i), sn.ID)
 	}
 	services := map[string]Local{}
 	for _, svc := range c.Services {
@@ -277,38 +383,98 @@ func (s *ClientService) Start(_ context.Context, h host.Handle) error {
 		errs = append(errs, sec.CheckHostPort("services", svc.Addr))
 		services[svc.Name] = Local{Addr: svc.Addr, ProxyProtocol: svc.ProxyProtocol}
 	}
+	var ports []PortSpec
+	for _, p := range c.Ports {
+		if p.Proto == "" {
+			p.Proto = "tcp"
+		}
+		proto, err := ParseProto(p.Proto)
+		if err != nil {
+			errs = append(errs, sec.Errorf("ports", err.Error()))
+		}
+		if _, ok := services[p.Service]; !ok {
+			errs = append(errs, sec.Errorf("ports", fmt.Sprintf("service %q is not in services", p.Service)))
+		}
+		spec := PortSpec{Service: p.Service, Proto: proto}
+		if slices.Contains(ports, spec) {
+			errs = append(errs, sec.Errorf("ports", fmt.Sprintf("%s/%s listed twice", p.Service, p.Proto)))
+		}
+		ports = append(ports, spec)
+	}
+	if len(ports) > maxControlPerStream {
+		errs = append(errs, sec.Errorf("ports", fmt.Sprintf("at most %d ports", maxControlPerStream)))
+	}
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
-	cli := NewClient(h.Identity(), ClientConfig{Supernode: c.Supernode, SupernodeID: sid, SupernodeTCP: c.SupernodeTCP,
-		Transport: c.Transport, Services: services, Logger: h.Logger()})
-	if err := cli.Start(); err != nil {
-		return err
+	var shared *udpmux.Mux
+	if s.Shared != nil {
+		shared = s.Shared()
 	}
-	s.cli.Store(cli)
+	for _, t := range targets {
+		cli := NewClient(h.Identity(), ClientConfig{Supernode: t.addr, SupernodeID: t.id, SupernodeTCP: t.tcp, Transport: c.Transport,
+			Services: services, Shared: shared, Logger: h.Logger(), Ports: ports, Clock: h.Clock()})
+		if err := cli.Start(); err != nil {
+			for _, c := range s.clis {
+				c.Close()
+			}
+			s.clis = nil
+			return err
+		}
+		s.clis = append(s.clis, cli)
+	}
+	s.cli.Store(s.clis[0])
+	clis := s.clis
 	m := h.Metrics()
 	m.Gauge("up", func() float64 {
-		if cli.Up() {
-			return 1
-		}
-		return 0
-	})
-	m.Gauge("connects", func() float64 { return float64(cli.Connects.Load()) })
-	for _, tr := range []string{TransportQUIC, TransportTCP} {
-		m.Gauge("up_transport", func() float64 {
-			if cli.Transport() == tr {
-				return 1
+		n := 0
+		for _, cli := range clis {
+			if cli.Up() {
+				n++
 			}
-			return 0
+		}
+		return float64(n)
+	})
+	m.Gauge("connects", func() float64 {
+		var n int64
+		for _, cli := range clis {
+			n += cli.Connects.Load()
+		}
+		return float64(n)
+	})
+	for _, tr := range []string{TransportQUIC, TransportTCP} {
+		m.Gauge("up_transport", func() float64 { // tunnels up on tr
+			n := 0
+			for _, cli := range clis {
+				if cli.Transport() == tr {
+					n++
+				}
+			}
+			return float64(n)
 		}, "transport", tr)
+	}
+	for _, cli := range clis {
+		for _, spec := range ports {
+			// The granted public port at this supernode, 0 until granted
+			// (or when refused).
+			m.Gauge("port", func() float64 {
+				for _, g := range cli.Grants() {
+					if g.Service == spec.Service && g.Proto == spec.Proto {
+						return float64(g.Port)
+					}
+				}
+				return 0
+			}, "service", spec.Service, "proto", spec.Proto.String(), "supernode", cli.cfg.Supernode)
+		}
 	}
 	return nil
 }
 
 // Stop implements host.Service.
 func (s *ClientService) Stop(context.Context) error {
-	if cli := s.cli.Load(); cli != nil {
-		return cli.Close()
+	var errs []error
+	for _, cli := range s.clis {
+		errs = append(errs, cli.Close())
 	}
-	return nil
+	return errors.Join(errs...)
 }

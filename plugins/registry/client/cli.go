@@ -52,19 +52,27 @@ func Commands(key func() (*identity.KeyPair, error)) []*Command {
 	}
 	var reg Registration
 	var owner string
+	var viaTunnel bool
 	return []*Command{
 		{
 			Name: "register", Args: "<name>", Summary: "register a name, or renew and update one of yours",
 			Flags: func(fs *flag.FlagSet) {
 				registryFlag(fs)
-				fs.StringVar(&reg.Target, "target", "", "IP:port of this node's TLS service (required)")
-				fs.StringVar(&reg.HTTP, "http", "", "IP:port of this node's plain HTTP service (optional)")
+				fs.StringVar(&reg.Target, "target", "", `IP:port of this node's TLS service, or "tunnel" (one of --target, --tunnel is required)`)
+				fs.BoolVar(&viaTunnel, "tunnel", false, "serve the name only through this node's tunnel to the supernode (target \"tunnel\"; for nodes behind NAT)")
+				fs.StringVar(&reg.HTTP, "http", "", `IP:port of this node's plain HTTP service, or "tunnel" (optional)`)
 				fs.BoolVar(&reg.RedirectHTTPS, "redirect-https", false, "answer http:// with a redirect to https://")
 				fs.BoolVar(&reg.DNSDirect, "dns-direct", false, "DNS answers with this node's address instead of the supernode's")
 			},
 			Run: func(ctx context.Context, out io.Writer, args []string) error {
+				if viaTunnel && reg.Target != "" && reg.Target != wire.TargetTunnel {
+					return fmt.Errorf("%w: --tunnel and --target %s contradict each other", ErrUsage, reg.Target)
+				}
+				if viaTunnel {
+					reg.Target = wire.TargetTunnel
+				}
 				if len(args) != 1 || reg.Target == "" {
-					return fmt.Errorf("%w: register needs one name and --target", ErrUsage)
+					return fmt.Errorf("%w: register needs one name and --target or --tunnel", ErrUsage)
 				}
 				c, err := newClient()
 				if err != nil {

@@ -43,7 +43,7 @@ type Client struct {
 // Registration is what a name points to.
 type Registration struct {
 	Name          string
-	Target        string // IP:port of the node's TLS service
+	Target        string // IP:port of the node's TLS service, or wire.TargetTunnel
 	HTTP          string // IP:port of its plain HTTP service, optional
 	RedirectHTTPS bool   // :80 answers with a redirect to https
 	DNSDirect     bool   // DNS answers with the node's own address

@@ -25,6 +25,11 @@ type Config struct {
 	// RetryMin and RetryMax bound the backoff after a failure (1m, 1h).
 	RetryMin time.Duration `yaml:"retryMin"`
 	RetryMax time.Duration `yaml:"retryMax"`
+	// CheckEvery is how often the node checks, between renewals, that its
+	// names are still its own (default 5m). In a federation two
+	// supernodes can accept the same new name at once; the loser's
+	// supernode then drops it, and the node learns it here.
+	CheckEvery time.Duration `yaml:"checkEvery"`
 	// Names are registered at start and kept renewed.
 	Names []NameConfig `yaml:"names"`
 }
@@ -40,7 +45,7 @@ type NameConfig struct {
 
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
-	return Config{RenewBefore: 10 * 24 * time.Hour, RetryMin: time.Minute, RetryMax: time.Hour}
+	return Config{RenewBefore: 10 * 24 * time.Hour, RetryMin: time.Minute, RetryMax: time.Hour, CheckEvery: 5 * time.Minute}
 }
 
 // Status is the state of one kept name.
@@ -49,6 +54,7 @@ type Status struct {
 	Expires time.Time // zero until registered
 	Next    time.Time // next attempt
 	Err     error     // last failure, nil after a success
+	RenewAt time.Time // when the next renewal is due; checks run until then
 }
 
 // Service keeps a node's names registered at one supernode: it registers
@@ -97,6 +103,9 @@ func LoadConfig(h host.Handle) (Config, error) {
 	if c.RetryMin < time.Second || c.RetryMax < c.RetryMin {
 		errs = append(errs, sec.Errorf("retryMin", "need 1s ≤ retryMin ≤ retryMax"))
 	}
+	if c.CheckEvery < time.Second {
+		errs = append(errs, sec.Errorf("checkEvery", "must be at least 1s"))
+	}
 	seen := map[string]bool{}
 	for i, n := range c.Names {
 		field := fmt.Sprintf("names[%d]", i)
@@ -104,11 +113,11 @@ func LoadConfig(h host.Handle) (Config, error) {
 			errs = append(errs, sec.Errorf(field+".name", "empty or listed twice"))
 		}
 		seen[NormalName(n.Name)] = true
-		if err := wire.CheckEndpoint(n.Target); err != nil {
+		if err := wire.CheckTarget(n.Target); err != nil {
 			errs = append(errs, sec.Errorf(field+".target", err.Error()))
 		}
 		if n.HTTP != "" {
-			if err := wire.CheckEndpoint(n.HTTP); err != nil {
+			if err := wire.CheckTarget(n.HTTP); err != nil {
 				errs = append(errs, sec.Errorf(field+".http", err.Error()))
 			}
 		}
@@ -151,7 +160,7 @@ func (s *Service) run(cl *Client, c Config, clk clock.Clock, log *slog.Logger) {
 			s.mu.Lock()
 			due := !s.status[name].Next.After(now)
 			s.mu.Unlock()
-			if due {
+			if due && !s.stillOurs(cl, c, name, clk, log) {
 				s.renew(cl, c, n, name, clk, backoff, log)
 			}
 			s.mu.Lock()
@@ -199,8 +208,39 @@ func (s *Service) renew(cl *Client, c Config, n NameConfig, name string, clk clo
 	st.Expires = time.Unix(rec.Expires, 0)
 	left := st.Expires.Sub(now)
 	wait := max(left-c.RenewBefore, left/2) // never renew in a loop if renewBefore ≥ lifetime
-	st.Next = now.Add(wait)
+	st.RenewAt = now.Add(wait)
+	st.Next = now.Add(min(wait, c.CheckEvery))
 	log.Info("names: registered", "name", name, "expires", st.Expires.UTC().Format(time.RFC3339), "renewAt", st.Next.UTC().Format(time.RFC3339))
+}
+
+// stillOurs checks, before the renewal is due, that name is still
+// registered to this node; true means nothing more to do now. A name
+// found lost (another owner won it) is reported and registered again at
+// once, which answers why (taken).
+func (s *Service) stillOurs(cl *Client, c Config, name string, clk clock.Clock, log *slog.Logger) bool {
+	s.mu.Lock()
+	st := s.status[name]
+	renewAt := st.RenewAt
+	s.mu.Unlock()
+	now := clk.Now()
+	if renewAt.IsZero() || !now.Before(renewAt) {
+		return false // not registered yet, or the renewal is due
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	rec, err := cl.Get(ctx, name)
+	switch {
+	case err == nil && rec.Owner == cl.Key.ID():
+	case err == nil || CodeOf(err) == wire.CodeNotFound:
+		log.Error("names: name lost: another owner's earlier claim won it (at another supernode); choose another name", "name", name)
+		return false
+	default:
+		log.Warn("names: ownership check failed", "name", name, "err", err)
+	}
+	s.mu.Lock()
+	st.Next = now.Add(min(renewAt.Sub(now), c.CheckEvery))
+	s.mu.Unlock()
+	return true
 }
 
 func permanent(err error) bool {

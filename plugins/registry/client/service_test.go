@@ -3,6 +3,7 @@ package client_test
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"errors"
 	"flag"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -25,6 +27,7 @@ import (
 	"github.com/elacity/pc2/gateway/httproute"
 	"github.com/elacity/pc2/plugins/registry"
 	"github.com/elacity/pc2/plugins/registry/client"
+	"github.com/elacity/pc2/plugins/registry/wire"
 )
 
 func writeConfig(t *testing.T, body string) string {
@@ -228,4 +231,51 @@ func TestCommands(t *testing.T) {
 	if _, err = run("show", "bob.pc2.localhost"); client.CodeOf(err) != "not_found" {
 		t.Fatalf("show deleted: %v", err)
 	}
+}
+
+// claimedBy is a registry.Claims that says every name belongs to owner
+// once set.
+type claimedBy struct{ owner atomic.Pointer[identity.ID] }
+
+func (c *claimedBy) ClaimedElsewhere(_ string, id identity.ID) bool {
+	o := c.owner.Load()
+	return o != nil && *o != id
+}
+
+// TestLostNameIsNoticed: the federation gives the node's name to an
+// earlier claim at another supernode (its supernode evicts it); the node
+// notices at its next check, not at its renewal weeks later, and reports
+// the name taken.
+func TestLostNameIsNoticed(t *testing.T) {
+	clk := clock.NewFake(time.Now())
+	reg := registry.New()
+	claims := &claimedBy{}
+	reg.Claims = claims
+	super := runHost(t, "metrics:\n  listen: \"off\"\n", config.RoleSupernode, clk, reg)
+	names := client.NewService()
+	runHost(t, fmt.Sprintf(`metrics:
+  listen: "off"
+names:
+  registry: %s
+  checkEvery: 1m
+  names:
+    - name: ivy.pc2.localhost
+      target: 127.0.0.1:9443
+`, super.Extra["registry.api"]), config.RoleNode, clk, names)
+	eventually(t, "registration at start", func() bool {
+		st := names.Status()
+		return len(st) == 1 && !st[0].Expires.IsZero() && st[0].Err == nil
+	})
+	owner, _ := reg.Owner("ivy.pc2.localhost")
+	winner, _ := identity.Generate(rand.Reader)
+	id := winner.ID()
+	claims.owner.Store(&id)
+	if ok, err := reg.Evict(context.Background(), "ivy.pc2.localhost", owner); !ok || err != nil {
+		t.Fatalf("evict: %v %v", ok, err)
+	}
+	clk.Advance(time.Minute)
+	eventually(t, "the node notices the lost name", func() bool {
+		st := names.Status()
+		return len(st) == 1 && client.CodeOf(st[0].Err) == wire.CodeTaken
+	})
 }

@@ -11,8 +11,9 @@
 // record's peer id is derived from the name (NameID); its payload (ex) is
 // the registry record with the owner-signed proof, which readers verify
 // (wire.Record.VerifyProof), so a supernode vouches for where a name
-// points but cannot invent an owner. Reading and reconciling announcements
-// across supernodes is the federation work.
+// points but cannot invent an owner. Resolve (resolve.go) reads every
+// supernode's announcement of a name back; federation/mesh reconciles
+// them with its conflict rule when a name is unknown to the mesh.
 package dhtpub
 
 import (

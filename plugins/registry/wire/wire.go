@@ -25,8 +25,8 @@
 //	op=<register|update|delete|transfer|acme-set|acme-delete>
 //	name=<label.suffix, lowercase, no trailing dot>
 //	id=<signer id, Base58>
-//	target=<IP:port of the node's TLS service, or empty>
-//	http=<IP:port of the node's plain HTTP service, or empty>
+//	target=<IP:port of the node's TLS service, "tunnel", or empty>
+//	http=<IP:port of the node's plain HTTP service, "tunnel", or empty>
 //	redirectHTTPS=<0|1>
 //	dnsDirect=<0|1>
 //	newOwner=<Base58 id, transfer only, else empty>
@@ -39,6 +39,15 @@
 // the normal form of netip.AddrPort, TXT values printable ASCII without
 // spaces, so the lines cannot be shifted. A transfer is signed by the
 // owner (sig) and by the new owner (coSig) over the same bytes.
+//
+// # Tunnel targets
+//
+// A node behind NAT has no address to register. Its target (and http)
+// may instead be the word "tunnel" (TargetTunnel): the name is served only
+// through a tunnel the owner holds to the supernode (relay/tunnel), and a
+// supernode where it holds none refuses visitors at once. Records written
+// before this form existed stay valid: every IP:port target is read as
+// before.
 package wire
 
 import (
@@ -64,6 +73,10 @@ const MaxRequestSize = 4096
 // MaxTXT bounds one ACME TXT value (one DNS character-string). RFC 8555
 // values are 43 characters.
 const MaxTXT = 255
+
+// TargetTunnel is the target (and http) value meaning "reachable only
+// through the owner's tunnel to the supernode".
+const TargetTunnel = "tunnel"
 
 // NonceSize is the size of a request nonce in bytes.
 const NonceSize = 16
@@ -157,13 +170,16 @@ func (r *Request) Check() error {
 		if r.Target == "" {
 			return malformed("%s needs a target", r.Op)
 		}
-		if err := CheckEndpoint(r.Target); err != nil {
+		if err := CheckTarget(r.Target); err != nil {
 			return malformed("target: %v", err)
 		}
 		if r.HTTP != "" {
-			if err := CheckEndpoint(r.HTTP); err != nil {
+			if err := CheckTarget(r.HTTP); err != nil {
 				return malformed("http: %v", err)
 			}
+		}
+		if r.DNSDirect && r.Target == TargetTunnel {
+			return malformed("dnsDirect needs an IP target, not %q", TargetTunnel)
 		}
 		if r.TXT != "" {
 			return malformed("%s takes no txt", r.Op)
@@ -247,6 +263,15 @@ func CheckEndpoint(s string) error {
 		return fmt.Errorf("%q is not a dialable unicast address and port", s)
 	}
 	return nil
+}
+
+// CheckTarget checks a target or http value: TargetTunnel, or an
+// endpoint (CheckEndpoint).
+func CheckTarget(s string) error {
+	if s == TargetTunnel {
+		return nil
+	}
+	return CheckEndpoint(s)
 }
 
 // CheckTXT checks an ACME TXT value: printable ASCII without spaces, at
