@@ -665,3 +665,40 @@ func TestTCPIdleStreamMemory(t *testing.T) {
 		accepted[i].Close()
 	}
 }
+
+// TestMappedUDPPortWhileOnTCP: a node's UDP port needs QUIC datagrams;
+// while the node is on the TCP fallback its UDP visitors are dropped (and
+// counted), not sent down a tunnel that cannot carry them.
+func TestMappedUDPPortWhileOnTCP(t *testing.T) {
+	srvKey, cliKey := newKey(t), newKey(t)
+	lo := freePort(t)
+	srv, addr := portServer(t, srvKey, "127.0.0.1:0", PortConfig{Min: lo, Max: lo + 20})
+	ta, err := srv.ListenTCP("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	services := map[string]Local{"dns": {Addr: udpEcho(t)}}
+	cli := portClient(t, cliKey, srvKey, addr, services, []PortSpec{{Service: "dns", Proto: ProtoUDP}}, nil)
+	waitAnswers(t, cli, 1)
+	g := grantOf(t, cli, "dns", ProtoUDP)
+	vc, err := net.Dial("udp", g.Endpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vc.Close()
+	udpRoundTrip(t, vc, "over quic")
+	cli.Close()
+	onTCP := NewClient(cliKey, ClientConfig{Supernode: ta.String(), SupernodeID: srvKey.ID(), Transport: TransportTCP,
+		Services: services, LocalUDP: "127.0.0.1:0", Logger: testLogger(t)})
+	if err := onTCP.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer onTCP.Close()
+	waitFor(t, "the node's TCP tunnel", 5*time.Second, func() bool { return srv.Has(cliKey.ID()) && srv.LenTransport(TransportTCP) == 1 })
+	srv.ports.mu.Lock()
+	u := srv.ports.byPort[ProtoUDP][g.Port].udp
+	srv.ports.mu.Unlock()
+	before := u.Dropped.Load()
+	vc.Write([]byte("over tcp?"))
+	waitFor(t, "the datagram to be dropped", 5*time.Second, func() bool { return u.Dropped.Load() > before })
+}
