@@ -557,7 +557,9 @@ func TestServicesTCPTransport(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the node's TCP tunnel", 10*time.Second, func() bool { return srvSvc.Has(node.ID) })
+	// The supernode counts the tunnel up when it sends the welcome, the
+	// node when it reads it.
+	waitFor(t, "the node's TCP tunnel", 10*time.Second, func() bool { return srvSvc.Has(node.ID) && cliSvc.Client().Up() })
 	if tr := cliSvc.Client().Transport(); tr != TransportTCP {
 		t.Fatalf("node on %q", tr)
 	}
