@@ -18,6 +18,7 @@ func TestWriteSeedCorpus(t *testing.T) {
 		"FuzzRelayData":         relayDataSeeds(),
 		"FuzzSTUNAnswer":        stunSeeds(),
 		"FuzzTunnelHeader":      tunnelHeaderSeeds(),
+		"FuzzTunnelTCPSession":  tunnelTCPSeeds(),
 		"FuzzTunnelControl":     tunnelControlSeeds(),
 		"FuzzTunnelDatagram":    tunnelDatagramSeeds(),
 		"FuzzMeshFrame":         meshFrameSeeds(),

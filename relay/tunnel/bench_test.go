@@ -174,7 +174,7 @@ func TestManyConcurrentStreams(t *testing.T) {
 
 const echoEnv = "PC2_TUNNEL_TEST_ECHO"
 
-const clientsEnv = "PC2_TUNNEL_TEST_CLIENTS" // "n supernode-addr supernode-id"
+const clientsEnv = "PC2_TUNNEL_TEST_CLIENTS" // "n supernode-addr supernode-id [transport]"
 
 func TestMain(m *testing.M) {
 	if v := os.Getenv(clientsEnv); v != "" {
@@ -233,9 +233,12 @@ func echoProcess(t *testing.T) string {
 // to one supernode, until stdin closes.
 func runClients(spec string) int {
 	var n int
-	var addr, idText string
+	var addr, idText, transport string
 	if _, err := fmt.Sscan(spec, &n, &addr, &idText); err != nil {
 		return 2
+	}
+	if f := strings.Fields(spec); len(f) > 3 {
+		transport = f[3]
 	}
 	sid, err := identity.ParseID(idText)
 	if err != nil {
@@ -243,7 +246,7 @@ func runClients(spec string) int {
 	}
 	for range n {
 		kp, _ := identity.Generate(rand.Reader)
-		c := NewClient(kp, ClientConfig{Supernode: addr, SupernodeID: sid, LocalUDP: "127.0.0.1:0"})
+		c := NewClient(kp, ClientConfig{Supernode: addr, SupernodeID: sid, LocalUDP: "127.0.0.1:0", Transport: transport})
 		if err := c.Start(); err != nil {
 			return 1
 		}
@@ -256,6 +259,12 @@ func runClients(spec string) int {
 // idle tunnel: the clients run in a child process, so only the server's
 // side is measured. PC2_TUNNEL_IDLE sets the count (default 200).
 func TestIdleTunnelMemory(t *testing.T) {
+	for _, tr := range []string{TransportQUIC, TransportTCP} {
+		t.Run(tr, func(t *testing.T) { idleTunnelMemory(t, tr) })
+	}
+}
+
+func idleTunnelMemory(t *testing.T, transport string) {
 	n := 200
 	if v, err := strconv.Atoi(os.Getenv("PC2_TUNNEL_IDLE")); err == nil && v > 0 {
 		n = v
@@ -265,6 +274,11 @@ func TestIdleTunnelMemory(t *testing.T) {
 	a, err := srv.Listen("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
+	}
+	if transport == TransportTCP {
+		if a, err = srv.ListenTCP("127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
 	}
 	defer srv.Close()
 	runtime.GC()
@@ -277,7 +291,7 @@ func TestIdleTunnelMemory(t *testing.T) {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(exe)
-	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%d %s %s", clientsEnv, n, a, srvKey.ID()))
+	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%d %s %s %s", clientsEnv, n, a, srvKey.ID(), transport))
 	stdin, _ := cmd.StdinPipe()
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
@@ -288,6 +302,9 @@ func TestIdleTunnelMemory(t *testing.T) {
 	runtime.GC()
 	runtime.ReadMemStats(&after)
 	perTunnel := float64(int64(after.HeapInuse)-int64(before.HeapInuse)) / float64(n) / 1024
-	t.Logf("%d idle tunnels: supernode heap %.1f KiB per tunnel, %.1f goroutines per tunnel (goal ≤ 16 KiB; stacks not included)",
-		n, perTunnel, float64(runtime.NumGoroutine()-g0)/float64(n))
+	if got := srv.LenTransport(transport); got != n {
+		t.Fatalf("%d of %d tunnels on %s", got, n, transport)
+	}
+	t.Logf("%d idle %s tunnels: supernode heap %.1f KiB per tunnel, %.1f goroutines per tunnel (goal ≤ 16 KiB; stacks not included)",
+		n, transport, perTunnel, float64(runtime.NumGoroutine()-g0)/float64(n))
 }

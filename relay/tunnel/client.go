@@ -34,7 +34,18 @@ type Local struct {
 type ClientConfig struct {
 	Supernode   string      // host:port of the supernode's UDP endpoint
 	SupernodeID identity.ID // the supernode's node id, verified in the handshake
-	Services    map[string]Local
+	// SupernodeTCP is the supernode's TCP fallback endpoint; empty: the
+	// same host:port as Supernode.
+	SupernodeTCP string
+	// Transport is TransportQUIC, TransportTCP, or "auto" (also ""):
+	// QUIC first; TCP when QUIC does not connect within QUICWait; back to
+	// QUIC when a background retry (every UpgradeEvery to twice that)
+	// connects, new visitor streams going to the new tunnel while the old
+	// one's finish.
+	Transport    string
+	QUICWait     time.Duration // 1.5 s
+	UpgradeEvery time.Duration // 30 s
+	Services     map[string]Local
 	// MaxStreams bounds concurrent visitor streams (10000).
 	MaxStreams int64
 	// Backoff: the first retry waits up to BackoffMin (250 ms), each
@@ -67,7 +78,9 @@ type Client struct {
 	Connects  atomic.Int64 // successful tunnel handshakes
 	Attempts  atomic.Int64 // tunnel dials, successful or not
 	wake      chan struct{}
-	conn      atomic.Pointer[quic.Conn] // the latest tunnel
+	conn      atomic.Pointer[quic.Conn] // the latest tunnel, when on QUIC
+	transport atomic.Value              // string: the current tunnel's transport
+	streams   atomic.Int64              // visitor streams being served
 	mu        sync.Mutex
 	cancel    context.CancelFunc
 	done      chan struct{}
@@ -92,6 +105,18 @@ func NewClient(kp *identity.KeyPair, cfg ClientConfig) *Client {
 	if cfg.DialTimeout <= 0 {
 		cfg.DialTimeout = 5 * time.Second
 	}
+	if cfg.SupernodeTCP == "" {
+		cfg.SupernodeTCP = cfg.Supernode
+	}
+	if cfg.Transport == "" {
+		cfg.Transport = "auto"
+	}
+	if cfg.QUICWait <= 0 {
+		cfg.QUICWait = 1500 * time.Millisecond
+	}
+	if cfg.UpgradeEvery <= 0 {
+		cfg.UpgradeEvery = 30 * time.Second
+	}
 	if cfg.MaxUDPFlows <= 0 {
 		cfg.MaxUDPFlows = 4096
 	}
@@ -114,6 +139,16 @@ func NewClient(kp *identity.KeyPair, cfg ClientConfig) *Client {
 
 // Up reports whether the tunnel is connected.
 func (c *Client) Up() bool { return c.up.Load() }
+
+// Transport returns the current tunnel's transport, TransportQUIC or
+// TransportTCP, or "" while down.
+func (c *Client) Transport() string {
+	if !c.up.Load() {
+		return ""
+	}
+	t, _ := c.transport.Load().(string)
+	return t
+}
 
 // Start runs the reconnect loop until Close.
 func (c *Client) Start() error {
@@ -195,7 +230,7 @@ func (c *Client) loop(ctx context.Context, tr *quic.Transport, tlsConf *tls.Conf
 	qc.MaxIncomingUniStreams = 1 // the welcome
 	failures := 0
 	for {
-		if err := c.connectOnce(ctx, tr, tlsConf, qc); err != nil && ctx.Err() == nil {
+		if err := c.runOnce(ctx, tr, tlsConf, qc); err != nil && ctx.Err() == nil {
 			c.log.Info("tunnel down", "supernode", c.cfg.Supernode, "err", err)
 		}
 		if ctx.Err() != nil {
@@ -241,6 +276,9 @@ func (c *Client) readWakes(ctx context.Context, read func(context.Context, []byt
 			continue
 		}
 		last = time.Now()
+		if c.up.Load() && c.conn.Load() == nil {
+			continue // on TCP: a dead TCP tunnel shows itself
+		}
 		if conn := c.conn.Load(); conn != nil && c.up.Load() {
 			// One datagram: a live supernode ignores it, a restarted one
 			// answers with a stateless reset, ending the tunnel now. It
@@ -268,54 +306,142 @@ func Backoff(failures int, lo, hi time.Duration) time.Duration {
 	return rand.N(ceil) + 1
 }
 
-// connectOnce dials, then serves streams until the connection ends.
-func (c *Client) connectOnce(ctx context.Context, tr *quic.Transport, tlsConf *tls.Config, qc *quic.Config) error {
-	addr, err := net.ResolveUDPAddr("udp", c.cfg.Supernode)
-	if err != nil {
-		return fmt.Errorf("resolve %s: %w", c.cfg.Supernode, err)
-	}
+// runOnce connects, then serves visitor streams until the tunnel ends. On
+// TCP in auto mode it retries QUIC now and then and moves over when QUIC
+// works: the new tunnel gets the new visitor streams, the old one serves
+// its open streams until the supernode closes it.
+func (c *Client) runOnce(ctx context.Context, tr *quic.Transport, tlsConf *tls.Config, qc *quic.Config) error {
 	c.Attempts.Add(1)
-	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	conn, err := tr.Dial(dctx, addr, tlsConf, qc)
-	cancel()
+	sess, err := c.connect(ctx, tr, tlsConf, qc)
 	if err != nil {
-		return fmt.Errorf("dial %s: %w", c.cfg.Supernode, err)
+		return err
 	}
-	if err := awaitWelcome(ctx, conn); err != nil {
-		conn.CloseWithError(0, "")
-		return fmt.Errorf("not admitted by %s: %w", c.cfg.Supernode, err)
-	}
-	c.Connects.Add(1)
-	c.conn.Store(conn)
-	c.up.Store(true)
-	c.log.Info("tunnel up", "supernode", c.cfg.Supernode)
-	if c.ports != nil {
+	for {
+		c.Connects.Add(1)
+		if q, ok := sess.(quicSession); ok {
+			c.conn.Store(q.c)
+		} else {
+			c.conn.Store(nil)
+		}
+		c.transport.Store(sess.Transport())
+		c.up.Store(true)
+		c.log.Info("tunnel up", "supernode", c.cfg.Supernode, "transport", sess.Transport())
+		done := make(chan error, 1)
 		c.streamsWG.Add(1)
 		go func() {
 			defer c.streamsWG.Done()
-			c.ports.attach(ctx, conn)
+			done <- c.serveSession(ctx, sess)
+		}()
+		if sess.Transport() != TransportTCP || c.cfg.Transport != "auto" {
+			return <-done
+		}
+		next, err := c.awaitQUIC(ctx, tr, tlsConf, qc, done)
+		if next == nil {
+			return err
+		}
+		c.log.Info("tunnel: QUIC works again; moving over", "supernode", c.cfg.Supernode)
+		sess = next
+	}
+}
+
+// connect opens a tunnel by the configured transport.
+func (c *Client) connect(ctx context.Context, tr *quic.Transport, tlsConf *tls.Config, qc *quic.Config) (session, error) {
+	switch c.cfg.Transport {
+	case TransportQUIC:
+		return c.dialQUIC(ctx, tr, tlsConf, qc, 5*time.Second)
+	case TransportTCP:
+		return dialTCP(ctx, c.cfg.SupernodeTCP, tlsConf)
+	}
+	sess, qerr := c.dialQUIC(ctx, tr, tlsConf, qc, c.cfg.QUICWait)
+	if qerr == nil {
+		return sess, nil
+	}
+	if ctx.Err() != nil {
+		return nil, qerr
+	}
+	sess, terr := dialTCP(ctx, c.cfg.SupernodeTCP, tlsConf)
+	if terr != nil {
+		return nil, fmt.Errorf("quic: %w; tcp: %w", qerr, terr)
+	}
+	c.log.Info("tunnel: QUIC did not connect; using TCP", "supernode", c.cfg.SupernodeTCP, "quicErr", qerr)
+	return sess, nil
+}
+
+// awaitQUIC retries QUIC while the TCP tunnel serves (done reports its
+// end) and returns the QUIC tunnel once one is admitted; nil and the TCP
+// tunnel's end otherwise.
+func (c *Client) awaitQUIC(ctx context.Context, tr *quic.Transport, tlsConf *tls.Config, qc *quic.Config, done <-chan error) (session, error) {
+	for {
+		t := time.NewTimer(c.cfg.UpgradeEvery + rand.N(c.cfg.UpgradeEvery))
+		select {
+		case err := <-done:
+			t.Stop()
+			return nil, err
+		case <-t.C:
+		}
+		sess, err := c.dialQUIC(ctx, tr, tlsConf, qc, 5*time.Second)
+		if err == nil {
+			return sess, nil
+		}
+		c.log.Debug("tunnel: QUIC still does not connect", "err", err)
+	}
+}
+
+// dialQUIC dials the supernode's QUIC endpoint, giving the handshake wait,
+// and waits for the welcome.
+func (c *Client) dialQUIC(ctx context.Context, tr *quic.Transport, tlsConf *tls.Config, qc *quic.Config, wait time.Duration) (session, error) {
+	addr, err := net.ResolveUDPAddr("udp", c.cfg.Supernode)
+	if err != nil {
+		return nil, fmt.Errorf("resolve %s: %w", c.cfg.Supernode, err)
+	}
+	dctx, cancel := context.WithTimeout(ctx, wait)
+	conn, err := tr.Dial(dctx, addr, tlsConf, qc)
+	cancel()
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", c.cfg.Supernode, err)
+	}
+	if err := awaitWelcome(ctx, conn); err != nil {
+		conn.CloseWithError(0, "")
+		return nil, fmt.Errorf("not admitted by %s: %w", c.cfg.Supernode, err)
+	}
+	return quicSession{conn}, nil
+}
+
+// serveSession accepts visitor streams until the session ends. On QUIC it
+// also asks for the node's mapped ports (ports_client.go): their control
+// stream and UDP datagrams need QUIC, so over the TCP fallback the node's
+// leases are held by the supernode until QUIC is back or they expire.
+func (c *Client) serveSession(ctx context.Context, sess session) error {
+	defer sess.Close("")
+	if q, ok := sess.(quicSession); ok && c.ports != nil {
+		c.streamsWG.Add(1)
+		go func() {
+			defer c.streamsWG.Done()
+			c.ports.attach(ctx, q.c)
 		}()
 	}
 	for {
-		st, err := conn.AcceptStream(ctx)
+		st, err := sess.AcceptStream(ctx)
 		if err != nil {
-			conn.CloseWithError(0, "")
 			return err
+		}
+		if c.streams.Add(1) > c.cfg.MaxStreams {
+			c.streams.Add(-1)
+			st.Abort()
+			continue
 		}
 		c.streamsWG.Add(1)
 		go func() {
 			defer c.streamsWG.Done()
+			defer c.streams.Add(-1)
 			c.serveStream(ctx, st)
 		}()
 	}
 }
 
 // serveStream connects one visitor stream to its local service.
-func (c *Client) serveStream(ctx context.Context, st *quic.Stream) {
-	abort := func() {
-		st.CancelRead(1)
-		st.CancelWrite(1)
-	}
+func (c *Client) serveStream(ctx context.Context, st stream) {
+	abort := st.Abort
 	_ = st.SetReadDeadline(time.Now().Add(c.cfg.DialTimeout))
 	h, err := ReadHeader(st)
 	if err != nil {
@@ -367,22 +493,22 @@ func writeProxyHeader(lc net.Conn, visitor netip.AddrPort) error {
 	return err
 }
 
-// relay copies both ways; QUIC stream flow control and TCP windows are
-// the backpressure. Each direction's end is passed on as a half-close.
-func relay(lc net.Conn, st *quic.Stream) {
+// relay copies both ways; stream flow control and TCP windows are the
+// backpressure. Each direction's end is passed on as a half-close.
+func relay(lc net.Conn, st stream) {
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		if _, err := io.Copy(st, lc); err != nil {
-			st.CancelWrite(1)
+			st.Abort()
 			return
 		}
-		st.Close()
+		st.CloseWrite()
 	}()
 	_, err := io.Copy(lc, st)
 	if err != nil {
-		st.CancelRead(1)
+		st.Abort()
 		lc.Close() // also ends the other direction
 	} else if tc, ok := lc.(*net.TCPConn); ok {
 		tc.CloseWrite()

@@ -4,21 +4,19 @@ import (
 	"net"
 	"sync"
 	"time"
-
-	"github.com/quic-go/quic-go"
 )
 
-// streamConn is a QUIC stream seen as a net.Conn, so the SNI proxy can
+// streamConn is a tunnel stream seen as a net.Conn, so the SNI proxy can
 // relay a visitor to it like to any backend.
 type streamConn struct {
-	st      *quic.Stream
-	conn    *quic.Conn
+	st      stream
+	conn    session
 	rate    *bucket
 	once    sync.Once
 	onClose func()
 }
 
-func newStreamConn(st *quic.Stream, conn *quic.Conn, rate *bucket) *streamConn {
+func newStreamConn(st stream, conn session, rate *bucket) *streamConn {
 	return &streamConn{st: st, conn: conn, rate: rate}
 }
 
@@ -38,12 +36,11 @@ func (c *streamConn) Write(p []byte) (int, error) {
 }
 
 // CloseWrite sends FIN: the peer reads EOF, the other direction goes on.
-func (c *streamConn) CloseWrite() error { return c.st.Close() }
+func (c *streamConn) CloseWrite() error { return c.st.CloseWrite() }
 
 func (c *streamConn) Close() error {
 	c.once.Do(func() {
 		c.st.Close()
-		c.st.CancelRead(0)
 		if c.onClose != nil {
 			c.onClose()
 		}

@@ -12,4 +12,10 @@
 // small versioned Header (service name, visitor address); the node then
 // connects the stream to its local service and copies bytes both ways,
 // with QUIC flow control as the backpressure.
+//
+// Where UDP is blocked or throttled, the same tunnel runs over TLS 1.3 on
+// TCP with the same authentication, streams multiplexed by yamux (tcp.go
+// says why and what that costs). Server and Client see either transport
+// through one small session interface (session.go); a node tries QUIC
+// first and moves back to it from TCP when it works again.
 package tunnel

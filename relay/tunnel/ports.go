@@ -539,8 +539,8 @@ func (u *udpPort) serve() {
 		ap := ua.AddrPort()
 		ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 		t := u.m.srv.tunnel(u.l.Node)
-		if t == nil {
-			u.Dropped.Add(1) // node away: the lease is held
+		if t == nil || t.conn == nil {
+			u.Dropped.Add(1) // node away (the lease is held), or on the TCP fallback: no datagrams
 			continue
 		}
 		f := u.flow(ap)

@@ -65,26 +65,53 @@ var wakeMessage = []byte("\x00pc2-tunnel-wake/1")
 
 // Server accepts node tunnels and opens visitor streams on them.
 type Server struct {
-	cfg       ServerConfig
-	kp        *identity.KeyPair
-	log       *slog.Logger
-	hsLimit   *bucket
-	mu        sync.Mutex
-	tunnels   map[identity.ID]*tunnelConn
-	wg        sync.WaitGroup
-	Accepted  atomic.Int64 // tunnels accepted since start
-	Refused   atomic.Int64 // handshakes refused by the rate limit
-	tr        *quic.Transport
-	ln        *quic.Listener
-	closeOnce sync.Once
-	ports     *portMap // nil: no port mapping
+	cfg      ServerConfig
+	kp       *identity.KeyPair
+	log      *slog.Logger
+	hsLimit  *bucket
+	mu       sync.Mutex
+	tunnels  map[identity.ID]*tunnelConn // each node's current tunnel
+	live     map[*tunnelConn]struct{}    // current and draining tunnels
+	wg       sync.WaitGroup
+	Accepted atomic.Int64 // tunnels accepted since start
+	Refused  atomic.Int64 // handshakes refused by the rate limit
+	tr       *quic.Transport
+	ln       *quic.Listener
+	tcpLn    net.Listener // nil: no TCP fallback endpoint
+	closed   bool         // under mu
+	// live tunnels by transport (current and draining)
+	quicTunnels, tcpTunnels atomic.Int64
+	closeOnce               sync.Once
+	ports                   *portMap // nil: no port mapping
 }
 
 type tunnelConn struct {
-	id      identity.ID
+	id   identity.ID
+	sess session
+	// conn is the QUIC connection of a QUIC tunnel, nil on TCP: mapped
+	// ports' control streams and UDP datagrams (ports.go) need QUIC.
 	conn    *quic.Conn
 	streams atomic.Int64
 	rate    *bucket // nil: unlimited
+	// draining: a newer tunnel of the same node took over; this one
+	// ends when its last visitor stream closes.
+	draining atomic.Bool
+}
+
+// streamDone is called when one of t's visitor streams closes.
+func (t *tunnelConn) streamDone() {
+	if t.streams.Add(-1) == 0 && t.draining.Load() {
+		t.sess.Close("replaced by a newer tunnel")
+	}
+}
+
+// drain hands t's node over to a newer tunnel: new visitors go to the new
+// one, t's open streams finish, then t closes.
+func (t *tunnelConn) drain() {
+	t.draining.Store(true)
+	if t.streams.Load() == 0 {
+		t.sess.Close("replaced by a newer tunnel")
+	}
 }
 
 // NewServer returns a server for kp; call Serve to run it.
@@ -106,6 +133,7 @@ func NewServer(kp *identity.KeyPair, cfg ServerConfig) *Server {
 		cfg: cfg, kp: kp, log: log,
 		hsLimit: newBucket(cfg.HandshakesPerSecond, float64(cfg.HandshakeBurst)),
 		tunnels: map[identity.ID]*tunnelConn{},
+		live:    map[*tunnelConn]struct{}{},
 	}
 }
 
@@ -115,7 +143,7 @@ func (s *Server) Listen(addr string) (net.Addr, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tunnel listen %s: %w", addr, err)
 	}
-	tlsConf, err := quicid.ServerConfig(s.kp, ALPN, s.admit)
+	tlsConf, err := s.tlsConfig()
 	if err != nil {
 		udp.Close()
 		return nil, err
@@ -125,14 +153,6 @@ func (s *Server) Listen(addr string) (net.Addr, error) {
 			udp.Close()
 			return nil, err
 		}
-	}
-	tlsConf.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) {
-		// Checked on the ClientHello, before any signature is computed.
-		if !s.hsLimit.take(1) {
-			s.Refused.Add(1)
-			return nil, ErrHandshakeCap
-		}
-		return nil, nil
 	}
 	s.tr = &quic.Transport{Conn: udp, StatelessResetKey: quicid.StatelessResetKey(s.kp)}
 	qc := quicid.Config(0, Idle) // nodes open no streams to the server
@@ -150,6 +170,24 @@ func (s *Server) Listen(addr string) (net.Addr, error) {
 	s.wg.Add(1)
 	go s.acceptLoop()
 	return udp.LocalAddr(), nil
+}
+
+// tlsConfig is the TLS configuration of both transports: node keys,
+// admission, and the handshake rate limit.
+func (s *Server) tlsConfig() (*tls.Config, error) {
+	tlsConf, err := quicid.ServerConfig(s.kp, ALPN, s.admit)
+	if err != nil {
+		return nil, err
+	}
+	tlsConf.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) {
+		// Checked on the ClientHello, before any signature is computed.
+		if !s.hsLimit.take(1) {
+			s.Refused.Add(1)
+			return nil, ErrHandshakeCap
+		}
+		return nil, nil
+	}
+	return tlsConf, nil
 }
 
 func (s *Server) admit(id identity.ID) error {
@@ -181,43 +219,62 @@ func (s *Server) acceptLoop() {
 			conn.CloseWithError(1, "welcome failed")
 			continue
 		}
-		t := &tunnelConn{id: id, conn: conn}
-		if s.cfg.BytesPerSecond > 0 {
-			t.rate = newBucket(s.cfg.BytesPerSecond, max(s.cfg.BytesPerSecond, 256<<10))
-		}
-		s.mu.Lock()
-		old := s.tunnels[id]
-		s.tunnels[id] = t
-		s.mu.Unlock()
-		if old != nil {
-			old.conn.CloseWithError(2, "replaced by a newer tunnel")
-		}
-		s.Accepted.Add(1)
-		s.log.Info("tunnel up", "node", id, "from", conn.RemoteAddr())
-		if s.cfg.OnUp != nil {
-			go s.cfg.OnUp(id, conn.RemoteAddr())
-		}
-		if s.ports != nil {
-			s.wg.Add(1)
-			go s.serveControl(t)
-		}
-		// AfterFunc rather than a goroutine: an idle tunnel holds no
-		// stack of ours.
-		s.wg.Add(1)
-		context.AfterFunc(conn.Context(), func() {
-			defer s.wg.Done()
-			s.mu.Lock()
-			current := s.tunnels[id] == t
-			if current {
-				delete(s.tunnels, id)
-			}
-			s.mu.Unlock()
-			if current && s.ports != nil {
-				s.ports.detach(id) // its ports are held for it
-			}
-			s.log.Info("tunnel down", "node", id, "err", context.Cause(conn.Context()))
-		})
+		s.register(id, quicSession{conn})
 	}
+}
+
+// register makes sess node id's tunnel for new visitor streams; a tunnel
+// the node held before drains.
+func (s *Server) register(id identity.ID, sess session) {
+	t := &tunnelConn{id: id, sess: sess}
+	if q, ok := sess.(quicSession); ok {
+		t.conn = q.c
+	}
+	if s.cfg.BytesPerSecond > 0 {
+		t.rate = newBucket(s.cfg.BytesPerSecond, max(s.cfg.BytesPerSecond, 256<<10))
+	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		sess.Close("supernode stopping")
+		return
+	}
+	old := s.tunnels[id]
+	s.tunnels[id] = t
+	s.live[t] = struct{}{}
+	s.mu.Unlock()
+	count := s.transportCount(sess.Transport())
+	count.Add(1)
+	if old != nil {
+		old.drain()
+	}
+	s.Accepted.Add(1)
+	s.log.Info("tunnel up", "node", id, "from", sess.RemoteAddr(), "transport", sess.Transport())
+	if s.cfg.OnUp != nil {
+		go s.cfg.OnUp(id, sess.RemoteAddr())
+	}
+	if s.ports != nil && t.conn != nil {
+		s.wg.Add(1)
+		go s.serveControl(t)
+	}
+	// AfterFunc rather than a goroutine: an idle tunnel holds no stack of
+	// ours.
+	s.wg.Add(1)
+	context.AfterFunc(sess.Context(), func() {
+		defer s.wg.Done()
+		s.mu.Lock()
+		current := s.tunnels[id] == t
+		if current {
+			delete(s.tunnels, id)
+		}
+		delete(s.live, t)
+		s.mu.Unlock()
+		count.Add(-1)
+		if current && s.ports != nil {
+			s.ports.detach(id) // its ports are held for it
+		}
+		s.log.Info("tunnel down", "node", id, "transport", sess.Transport(), "err", context.Cause(sess.Context()))
+	})
 }
 
 // Wake tells the nodes at addrs that this supernode is back, so they probe
@@ -238,6 +295,19 @@ func (s *Server) Has(id identity.ID) bool {
 	return ok
 }
 
+// LenTransport returns the number of live tunnels (current and draining)
+// on transport (TransportQUIC or TransportTCP).
+func (s *Server) LenTransport(transport string) int {
+	return int(s.transportCount(transport).Load())
+}
+
+func (s *Server) transportCount(transport string) *atomic.Int64 {
+	if transport == TransportTCP {
+		return &s.tcpTunnels
+	}
+	return &s.quicTunnels
+}
+
 // Len returns the number of tunnels.
 func (s *Server) Len() int {
 	s.mu.Lock()
@@ -255,7 +325,7 @@ func (s *Server) Dial(ctx context.Context, id identity.ID, service string, visit
 		return nil, ErrNoTunnel
 	}
 	if t.streams.Add(1) > s.cfg.MaxStreamsPerNode {
-		t.streams.Add(-1)
+		t.streamDone()
 		return nil, ErrStreamQuota
 	}
 	h := Header{Service: service}
@@ -266,22 +336,21 @@ func (s *Server) Dial(ctx context.Context, id identity.ID, service string, visit
 	var buf [MaxHeaderLen]byte
 	hdr, err := h.AppendBinary(buf[:0])
 	if err != nil {
-		t.streams.Add(-1)
+		t.streamDone()
 		return nil, err
 	}
-	st, err := t.conn.OpenStreamSync(ctx)
+	st, err := t.sess.OpenStream(ctx)
 	if err != nil {
-		t.streams.Add(-1)
+		t.streamDone()
 		return nil, fmt.Errorf("tunnel: open stream: %w", err)
 	}
 	if _, err := st.Write(hdr); err != nil {
-		st.CancelWrite(0)
-		st.CancelRead(0)
-		t.streams.Add(-1)
+		st.Abort()
+		t.streamDone()
 		return nil, fmt.Errorf("tunnel: write header: %w", err)
 	}
-	c := newStreamConn(st, t.conn, t.rate)
-	c.onClose = func() { t.streams.Add(-1) }
+	c := newStreamConn(st, t.sess, t.rate)
+	c.onClose = t.streamDone
 	return c, nil
 }
 
@@ -292,8 +361,12 @@ func (s *Server) Close() error {
 			s.ln.Close()
 		}
 		s.mu.Lock()
-		for _, t := range s.tunnels {
-			t.conn.CloseWithError(0, "supernode stopping")
+		s.closed = true
+		if s.tcpLn != nil {
+			s.tcpLn.Close()
+		}
+		for t := range s.live {
+			t.sess.Close("supernode stopping")
 		}
 		s.mu.Unlock()
 		if s.tr != nil {

@@ -31,7 +31,10 @@ type Registrations interface {
 
 // ServerServiceConfig is the "tunnel" section of a supernode.
 type ServerServiceConfig struct {
-	Listen              string  `yaml:"listen"`              // UDP host:port, ":8090"; dev: 127.0.0.1:0
+	Listen string `yaml:"listen"` // UDP host:port, ":8090"; dev: 127.0.0.1:0
+	// ListenTCP is the TLS-over-TCP fallback endpoint: empty for the host
+	// and port number the UDP endpoint got, "off" for none.
+	ListenTCP           string  `yaml:"listenTCP"`
 	MaxStreamsPerNode   int64   `yaml:"maxStreamsPerNode"`   // 10000
 	BytesPerSecond      float64 `yaml:"bytesPerSecond"`      // per node, 0: unlimited
 	HandshakesPerSecond float64 `yaml:"handshakesPerSecond"` // 100
@@ -126,6 +129,9 @@ func (s *ServerService) Start(ctx context.Context, h host.Handle) error {
 	}
 	var errs []error
 	errs = append(errs, sec.CheckHostPort("listen", c.Listen))
+	if c.ListenTCP != "" && c.ListenTCP != "off" {
+		errs = append(errs, sec.CheckHostPort("listenTCP", c.ListenTCP))
+	}
 	allow, err := parseIDs(c.Allow)
 	if err != nil {
 		errs = append(errs, sec.Errorf("allow", err.Error()))
@@ -192,6 +198,24 @@ func (s *ServerService) Start(ctx context.Context, h host.Handle) error {
 	if err != nil {
 		return err
 	}
+	var tcpAddr net.Addr
+	if c.ListenTCP != "off" {
+		want := c.ListenTCP
+		if want == "" { // the UDP endpoint's host and port number
+			want = addr.String()
+		}
+		tcpAddr, err = srv.ListenTCP(want)
+		if err != nil && c.ListenTCP == "" && h.Config().Dev {
+			// dev: the UDP port was picked at random and its number is
+			// taken on TCP; any port will do.
+			host, _, _ := net.SplitHostPort(want)
+			tcpAddr, err = srv.ListenTCP(net.JoinHostPort(host, "0"))
+		}
+		if err != nil {
+			srv.Close()
+			return err
+		}
+	}
 	s.addr = addr
 	s.srv.Store(srv)
 	var known []netip.AddrPort
@@ -206,6 +230,9 @@ func (s *ServerService) Start(ctx context.Context, h host.Handle) error {
 	srv.Wake(known)
 	m := h.Metrics()
 	m.Gauge("tunnels", func() float64 { return float64(srv.Len()) })
+	for _, tr := range []string{TransportQUIC, TransportTCP} {
+		m.Gauge("tunnels_live", func() float64 { return float64(srv.LenTransport(tr)) }, "transport", tr)
+	}
 	m.Gauge("tunnels_accepted", func() float64 { return float64(srv.Accepted.Load()) })
 	m.Gauge("handshakes_refused", func() float64 { return float64(srv.Refused.Load()) })
 	if srv.ports != nil {
@@ -215,8 +242,11 @@ func (s *ServerService) Start(ctx context.Context, h host.Handle) error {
 	}
 	if adv, ok := h.(host.Advertiser); ok {
 		adv.Advertise("listen", addr.String())
+		if tcpAddr != nil {
+			adv.Advertise("listenTCP", tcpAddr.String())
+		}
 	}
-	h.Logger().Info("tunnel endpoint ready", "udp", addr.String(), "id", h.Identity().ID())
+	h.Logger().Info("tunnel endpoint ready", "udp", addr.String(), "tcp", tcpAddr, "id", h.Identity().ID())
 	return nil
 }
 
@@ -249,6 +279,13 @@ type ClientServiceConfig struct {
 	// SupernodeID its node id; both empty: no tunnel.
 	Supernode   string `yaml:"supernode"`
 	SupernodeID string `yaml:"supernodeID"`
+	// SupernodeTCP is the supernode's TCP fallback endpoint; empty: the
+	// same host:port as supernode. Supernodes use their addr on TCP.
+	SupernodeTCP string `yaml:"supernodeTCP"`
+	// Transport, for every supernode: auto (QUIC, TCP when QUIC does not
+	// connect within 1.5 s, back to QUIC when it works again), quic, or
+	// tcp.
+	Transport string `yaml:"transport"`
 	// Supernodes are more supernodes to hold a tunnel to at the same
 	// time (primary, secondary...): the node stays reachable through any
 	// one that is alive, and the federation forwards visitors of the
@@ -311,24 +348,32 @@ func (s *ClientService) Start(_ context.Context, h host.Handle) error {
 		return nil
 	}
 	var errs []error
+	if c.SupernodeTCP != "" {
+		errs = append(errs, sec.CheckHostPort("supernodeTCP", c.SupernodeTCP))
+	}
+	switch c.Transport {
+	case "", "auto", TransportQUIC, TransportTCP:
+	default:
+		errs = append(errs, sec.Errorf("transport", fmt.Sprintf("transport %q: use auto, quic or tcp", c.Transport)))
+	}
 	type target struct {
-		addr string
-		id   identity.ID
+		addr, tcp string
+		id        identity.ID
 	}
 	var targets []target
-	add := func(field, addr, idField, id string) {
+	add := func(field, addr, tcp, idField, id string) {
 		errs = append(errs, sec.CheckHostPort(field, addr))
 		sid, err := identity.ParseID(id)
 		if err != nil {
 			errs = append(errs, sec.Errorf(idField, err.Error()))
 		}
-		targets = append(targets, target{addr, sid})
+		targets = append(targets, target{addr, tcp, sid})
 	}
 	if c.Supernode != "" || c.SupernodeID != "" {
-		add("supernode", c.Supernode, "supernodeID", c.SupernodeID)
+		add("supernode", c.Supernode, c.SupernodeTCP, "supernodeID", c.SupernodeID)
 	}
 	for i, sn := range c.Supernodes {
-		add(fmt.Sprintf("supernodes[%d].addr", i), sn.Addr, fmt.Sprintf("supernodes[%d].id", i), sn.ID)
+		add(fmt.Sprintf("supernodes[%d].addr", i), sn.Addr, "", fmt.Sprintf("supernodes[%d].id", i), sn.ID)
 	}
 	services := map[string]Local{}
 	for _, svc := range c.Services {
@@ -367,8 +412,8 @@ func (s *ClientService) Start(_ context.Context, h host.Handle) error {
 		shared = s.Shared()
 	}
 	for _, t := range targets {
-		cli := NewClient(h.Identity(), ClientConfig{Supernode: t.addr, SupernodeID: t.id, Services: services, Shared: shared, Logger: h.Logger(),
-			Ports: ports, Clock: h.Clock()})
+		cli := NewClient(h.Identity(), ClientConfig{Supernode: t.addr, SupernodeID: t.id, SupernodeTCP: t.tcp, Transport: c.Transport,
+			Services: services, Shared: shared, Logger: h.Logger(), Ports: ports, Clock: h.Clock()})
 		if err := cli.Start(); err != nil {
 			for _, c := range s.clis {
 				c.Close()
@@ -397,6 +442,17 @@ func (s *ClientService) Start(_ context.Context, h host.Handle) error {
 		}
 		return float64(n)
 	})
+	for _, tr := range []string{TransportQUIC, TransportTCP} {
+		m.Gauge("up_transport", func() float64 { // tunnels up on tr
+			n := 0
+			for _, cli := range clis {
+				if cli.Transport() == tr {
+					n++
+				}
+			}
+			return float64(n)
+		}, "transport", tr)
+	}
 	for _, cli := range clis {
 		for _, spec := range ports {
 			// The granted public port at this supernode, 0 until granted

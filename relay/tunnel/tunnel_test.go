@@ -373,6 +373,9 @@ func TestWakeAfterCrash(t *testing.T) {
 	// (Idle/2 = 7.5 s) at the earliest.
 	waitFor(t, "reconnect after wake", Idle/2-time.Second, func() bool { return srv2.Has(cliKey.ID()) })
 	t.Logf("node back %v after the restarted supernode woke it", time.Since(start))
+	// The supernode counts the tunnel up when it sends the welcome, the
+	// node when it reads it.
+	waitFor(t, "the node to count its second connect", 5*time.Second, func() bool { return cli.Connects.Load() >= 2 })
 	if n := cli.Connects.Load(); n != 2 {
 		t.Fatalf("connects = %d, want 2", n)
 	}
