@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -288,6 +289,15 @@ func TestIdleTunnelMemory(t *testing.T) {
 	runtime.GC()
 	runtime.ReadMemStats(&after)
 	perTunnel := float64(int64(after.HeapInuse)-int64(before.HeapInuse)) / float64(n) / 1024
+	if path := os.Getenv("PC2_TUNNEL_HEAPPROFILE"); path != "" {
+		// What idle tunnels hold: go tool pprof -sample_index=inuse_space.
+		f, err := os.Create(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pprof.WriteHeapProfile(f)
+		f.Close()
+	}
 	t.Logf("%d idle tunnels: supernode heap %.1f KiB per tunnel, %.1f goroutines per tunnel (goal ≤ 16 KiB; stacks not included)",
 		n, perTunnel, float64(runtime.NumGoroutine()-g0)/float64(n))
 }

@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"io"
 	"net"
 	"sync"
 	"time"
@@ -35,6 +36,12 @@ func (c *streamConn) Write(p []byte) (int, error) {
 		c.rate.wait(float64(len(p)))
 	}
 	return c.st.Write(p)
+}
+
+// WriteTo copies the stream to w with a pooled buffer; io.Copy (the SNI
+// gateway's relay) uses it instead of allocating 32 KiB per visitor.
+func (c *streamConn) WriteTo(w io.Writer) (int64, error) {
+	return copyPooled(w, struct{ io.Reader }{c})
 }
 
 // CloseWrite sends FIN: the peer reads EOF, the other direction goes on.
