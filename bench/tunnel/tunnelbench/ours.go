@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"runtime/pprof"
 	"sync/atomic"
 	"time"
 
@@ -28,7 +29,13 @@ func runOursServer(args []string) error {
 	// TCP FALLBACK: when relay/tunnel gains its TLS-over-TCP transport, add
 	// a flag here for its TCP listen address and start that listener on the
 	// same tunnel.Server; the client side picks it with -transport tcp.
+	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile here until exit")
 	_ = fs.Parse(args)
+	if stop, err := startProfile(*cpuprofile); err != nil {
+		return err
+	} else {
+		defer stop()
+	}
 
 	var first atomic.Pointer[identity.ID]
 	ts := tunnel.NewServer(supernodeKey(), tunnel.ServerConfig{
@@ -81,7 +88,13 @@ func runOursClient(args []string) error {
 	n := fs.Int("n", 1, "tunnel clients in this process")
 	transport := fs.String("transport", "quic", "tunnel transport: quic")
 	watchStdin := fs.Bool("watch-stdin", true, "exit when stdin closes (the parent is gone)")
+	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile here until exit")
 	_ = fs.Parse(args)
+	if stop, err := startProfile(*cpuprofile); err != nil {
+		return err
+	} else {
+		defer stop()
+	}
 
 	cfg := tunnel.ClientConfig{
 		Supernode:   *supernode,
@@ -139,4 +152,20 @@ func runOursClient(args []string) error {
 	}
 	<-ctx.Done()
 	return nil
+}
+
+// startProfile starts a CPU profile to path ("" does nothing).
+func startProfile(path string) (stop func(), err error) {
+	if path == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }
