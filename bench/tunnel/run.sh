@@ -26,7 +26,9 @@ ROUNDS=${ROUNDS:-3}
 # Our transports to measure. TCP FALLBACK: add "tcp" once relay/tunnel has
 # its TLS-over-TCP transport (tunnelbench ours-client -transport tcp).
 OURS_MODES=${OURS_MODES:-quic}
-P=${BASE_PORT:-47600}
+# Below the ephemeral range (32768–60999 here), so no outgoing connection
+# of a concurrent test can hold one of these ports.
+P=${BASE_PORT:-23600}
 B=$P
 OURS_SNI=$((P + 43)) OURS_UDP=$((P + 90))
 FT_BIND=$((P + 100)) FT_VHOST=$((P + 143))

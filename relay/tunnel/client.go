@@ -297,21 +297,21 @@ func writeProxyHeader(lc net.Conn, visitor netip.AddrPort) error {
 
 // relay copies both ways; QUIC stream flow control and TCP windows are
 // the backpressure. Each direction's end is passed on as a half-close.
-// Both copies use pooled buffers: io.Copy would allocate 32 KiB per
-// direction per visitor (the TCP conn's WriteTo/ReadFrom fall back to a
-// fresh buffer for a non-socket peer).
+// Both copies take a pooled buffer only while bytes are queued (see
+// copyFromStream, copyFromTCP): io.Copy would allocate 32 KiB per
+// direction per visitor and hold it for the visitor's whole life.
 func relay(lc net.Conn, st *quic.Stream) {
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		if _, err := copyPooled(st, lc); err != nil {
+		if _, err := copyToStream(st, lc); err != nil {
 			st.CancelWrite(1)
 			return
 		}
 		st.Close()
 	}()
-	_, err := copyPooled(lc, st)
+	_, err := copyFromStream(lc, st)
 	if err != nil {
 		st.CancelRead(1)
 		lc.Close() // also ends the other direction

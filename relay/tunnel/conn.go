@@ -38,11 +38,15 @@ func (c *streamConn) Write(p []byte) (int, error) {
 	return c.st.Write(p)
 }
 
-// WriteTo copies the stream to w with a pooled buffer; io.Copy (the SNI
-// gateway's relay) uses it instead of allocating 32 KiB per visitor.
+// WriteTo copies the stream to w holding a pooled buffer only while data
+// is queued; io.Copy (the SNI gateway's relay) uses it instead of
+// allocating 32 KiB per visitor for the visitor's whole life.
 func (c *streamConn) WriteTo(w io.Writer) (int64, error) {
-	return copyPooled(w, struct{ io.Reader }{c})
+	return copyFromStream(w, c)
 }
+
+// Peek waits for len(b) bytes without consuming them.
+func (c *streamConn) Peek(b []byte) (int, error) { return c.st.Peek(b) }
 
 // CloseWrite sends FIN: the peer reads EOF, the other direction goes on.
 func (c *streamConn) CloseWrite() error { return c.st.Close() }

@@ -13,7 +13,13 @@ import (
 )
 
 // rssKB returns a process's VmRSS in KiB (0 if unknown).
-func rssKB(pid int) int64 {
+func rssKB(pid int) int64 { return statusKB(pid, "VmRSS:") }
+
+// anonKB returns a process's anonymous resident memory (RssAnon) in KiB:
+// RSS without the mapped binary's pages, which depend on binary size.
+func anonKB(pid int) int64 { return statusKB(pid, "RssAnon:") }
+
+func statusKB(pid int, key string) int64 {
 	if pid <= 0 {
 		return 0
 	}
@@ -22,7 +28,7 @@ func rssKB(pid int) int64 {
 		return 0
 	}
 	for line := range strings.SplitSeq(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+		if v, ok := strings.CutPrefix(line, key); ok {
 			n, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
 			return n
 		}

@@ -30,26 +30,28 @@ type target struct {
 
 // Result is one target's figures.
 type Result struct {
-	Name         string  `json:"name"`
-	Bulk1Gbps    float64 `json:"bulk1_Gbps"`
-	Bulk8Gbps    float64 `json:"bulk8_Gbps"`
-	Bulk1Rounds  []float64
-	Bulk8Rounds  []float64
-	ConnPS       float64 `json:"conn_per_s"`
-	ConnRounds   []float64
-	ConnErrors   int64   `json:"conn_errors"`
-	SetupP50us   float64 `json:"setup_p50_us"`
-	SetupP99us   float64 `json:"setup_p99_us"`
-	RTTP50us     float64 `json:"rtt_p50_us"`
-	RTTP99us     float64 `json:"rtt_p99_us"`
-	ServerIdleKB int64   `json:"server_idle_kB"`
-	ClientIdleKB int64   `json:"client_idle_kB"`
-	ServerLoadKB int64   `json:"server_1000rps_kB"`
-	ClientLoadKB int64   `json:"client_1000rps_kB"`
-	LoadRate     float64 `json:"load_rate"`
-	LoadErrors   int64   `json:"load_errors"`
-	LoadP99us    float64 `json:"load_p99_us"`
-	Idle         *IdleResult
+	Name             string  `json:"name"`
+	Bulk1Gbps        float64 `json:"bulk1_Gbps"`
+	Bulk8Gbps        float64 `json:"bulk8_Gbps"`
+	Bulk1Rounds      []float64
+	Bulk8Rounds      []float64
+	ConnPS           float64 `json:"conn_per_s"`
+	ConnRounds       []float64
+	ConnErrors       int64   `json:"conn_errors"`
+	SetupP50us       float64 `json:"setup_p50_us"`
+	SetupP99us       float64 `json:"setup_p99_us"`
+	RTTP50us         float64 `json:"rtt_p50_us"`
+	RTTP99us         float64 `json:"rtt_p99_us"`
+	ServerIdleKB     int64   `json:"server_idle_kB"`
+	ClientIdleKB     int64   `json:"client_idle_kB"`
+	ServerLoadKB     int64   `json:"server_1000rps_kB"`
+	ServerAnonIdleKB int64   `json:"server_anon_idle_kB"`
+	ServerAnonLoadKB int64   `json:"server_anon_1000rps_kB"`
+	ClientLoadKB     int64   `json:"client_1000rps_kB"`
+	LoadRate         float64 `json:"load_rate"`
+	LoadErrors       int64   `json:"load_errors"`
+	LoadP99us        float64 `json:"load_p99_us"`
+	Idle             *IdleResult
 }
 
 type multiFlag []string
@@ -303,6 +305,7 @@ func (s *suite) fixedRate(t target, r *Result) {
 				return
 			case <-tk.C:
 				r.ServerLoadKB = max(r.ServerLoadKB, rssKB(t.serverPid))
+				r.ServerAnonLoadKB = max(r.ServerAnonLoadKB, anonKB(t.serverPid))
 				r.ClientLoadKB = max(r.ClientLoadKB, rssKB(t.clientPid))
 			}
 		}
@@ -352,6 +355,7 @@ func (s *suite) measureAll(ts []target) ([]Result, error) {
 	time.Sleep(time.Second)
 	for i, t := range ts {
 		rs[i].ServerIdleKB = rssKB(t.serverPid)
+		rs[i].ServerAnonIdleKB = anonKB(t.serverPid)
 		rs[i].ClientIdleKB = rssKB(t.clientPid)
 	}
 	// 1. RSS at a fixed request rate (before the bulk tests grow the heaps).
@@ -496,8 +500,10 @@ func printTables(w io.Writer, rs []Result, s *suite) {
 		return fmt.Sprintf("%+.0f / %+.0f", r.RTTP50us-d.RTTP50us, r.RTTP99us-d.RTTP99us)
 	})
 	row("server RSS MiB idle (1 tunnel)", func(r Result) string { return mib(r.ServerIdleKB) })
+	row("server anonymous RSS MiB idle (RSS without binary pages)", func(r Result) string { return mib(r.ServerAnonIdleKB) })
 	row("client RSS MiB idle", func(r Result) string { return mib(r.ClientIdleKB) })
 	row(fmt.Sprintf("server RSS MiB peak at %d conn/s", s.loadRate), func(r Result) string { return mib(r.ServerLoadKB) })
+	row(fmt.Sprintf("server anonymous RSS MiB peak at %d conn/s", s.loadRate), func(r Result) string { return mib(r.ServerAnonLoadKB) })
 	row(fmt.Sprintf("client RSS MiB peak at %d conn/s", s.loadRate), func(r Result) string { return mib(r.ClientLoadKB) })
 	row("achieved rate / errors / p99 µs", func(r Result) string {
 		return fmt.Sprintf("%.0f / %d / %.0f", r.LoadRate, r.LoadErrors, r.LoadP99us)
@@ -530,16 +536,17 @@ func printTables(w io.Writer, rs []Result, s *suite) {
 		}
 		return fmt.Sprintf("%.2f", a/b)
 	}
-	fmt.Fprintf(bw, "| ours / peer | bulk 1 | bulk 8 | conn/s | server RSS idle | server RSS at load | RSS per idle tunnel |\n|---|---|---|---|---|---|---|\n")
+	fmt.Fprintf(bw, "| ours / peer | bulk 1 | bulk 8 | conn/s | server RSS idle (anon) | server RSS at load (anon) | RSS per idle tunnel |\n|---|---|---|---|---|---|---|\n")
 	for _, o := range ours {
 		for _, p := range append([]Result{d}, peers...) {
 			per := "–"
 			if o.Idle != nil && p.Idle != nil {
 				per = ratio(o.Idle.PerTunnelKiB, p.Idle.PerTunnelKiB)
 			}
-			fmt.Fprintf(bw, "| %s / %s | %s | %s | %s | %s | %s | %s |\n", o.Name, p.Name,
+			fmt.Fprintf(bw, "| %s / %s | %s | %s | %s | %s (%s) | %s (%s) | %s |\n", o.Name, p.Name,
 				ratio(o.Bulk1Gbps, p.Bulk1Gbps), ratio(o.Bulk8Gbps, p.Bulk8Gbps), ratio(o.ConnPS, p.ConnPS),
-				ratio(float64(o.ServerIdleKB), float64(p.ServerIdleKB)), ratio(float64(o.ServerLoadKB), float64(p.ServerLoadKB)), per)
+				ratio(float64(o.ServerIdleKB), float64(p.ServerIdleKB)), ratio(float64(o.ServerAnonIdleKB), float64(p.ServerAnonIdleKB)),
+				ratio(float64(o.ServerLoadKB), float64(p.ServerLoadKB)), ratio(float64(o.ServerAnonLoadKB), float64(p.ServerAnonLoadKB)), per)
 		}
 	}
 }
