@@ -40,6 +40,20 @@ func copyFromStream(dst io.Writer, src peeker) (int64, error) {
 	var one [1]byte
 	for {
 		if n, err := src.Peek(one[:]); n == 0 {
+			// Peek does not consume the FIN; Read must, or quic-go never
+			// completes the stream and the peer never gets the stream
+			// credit back (TestStreamCreditReturned).
+			rn, rerr := src.Read(one[:])
+			if rn > 0 {
+				if _, werr := dst.Write(one[:rn]); werr != nil {
+					return total, werr
+				}
+				total += int64(rn)
+				continue
+			}
+			if rerr != nil {
+				err = rerr
+			}
 			if errors.Is(err, io.EOF) {
 				return total, nil
 			}

@@ -103,8 +103,8 @@ func serveBackend(c net.Conn, cfg *tls.Config, body []byte) {
 	for {
 		line, err := r.ReadString('\n')
 		if err != nil {
-			if err != io.EOF {
-				return
+			if err != io.EOF && os.Getenv("TB_DEBUG") != "" {
+				log.Printf("backend: %s: %v", name, err)
 			}
 			return
 		}
