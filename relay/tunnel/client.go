@@ -258,7 +258,11 @@ func (c *Client) serveStream(ctx context.Context, st *quic.Stream) {
 		abort()
 		return
 	}
-	d := net.Dialer{Timeout: c.cfg.DialTimeout}
+	// No TCP keep-alive on the local leg: it costs three setsockopt calls
+	// per visitor (a visible share of the connection-rate profile), and a
+	// dead local service is found by the visitor's side ending the stream
+	// (the gateway's idle timeout) instead.
+	d := net.Dialer{Timeout: c.cfg.DialTimeout, KeepAlive: -1}
 	lc, err := d.DialContext(ctx, "tcp", local.Addr)
 	if err != nil {
 		c.log.Warn("tunnel: local service unreachable", "service", h.Service, "addr", local.Addr, "err", err)
