@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -304,6 +305,15 @@ func idleTunnelMemory(t *testing.T, transport string) {
 	perTunnel := float64(int64(after.HeapInuse)-int64(before.HeapInuse)) / float64(n) / 1024
 	if got := srv.LenTransport(transport); got != n {
 		t.Fatalf("%d of %d tunnels on %s", got, n, transport)
+	}
+	if path := os.Getenv("PC2_TUNNEL_HEAPPROFILE"); path != "" {
+		// What idle tunnels hold: go tool pprof -sample_index=inuse_space.
+		f, err := os.Create(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pprof.WriteHeapProfile(f)
+		f.Close()
 	}
 	t.Logf("%d idle %s tunnels: supernode heap %.1f KiB per tunnel, %.1f goroutines per tunnel (goal ≤ 16 KiB; stacks not included)",
 		n, transport, perTunnel, float64(runtime.NumGoroutine()-g0)/float64(n))

@@ -456,7 +456,11 @@ func (c *Client) serveStream(ctx context.Context, st stream) {
 		abort()
 		return
 	}
-	d := net.Dialer{Timeout: c.cfg.DialTimeout}
+	// No TCP keep-alive on the local leg: it costs three setsockopt calls
+	// per visitor (a visible share of the connection-rate profile), and a
+	// dead local service is found by the visitor's side ending the stream
+	// (the gateway's idle timeout) instead.
+	d := net.Dialer{Timeout: c.cfg.DialTimeout, KeepAlive: -1}
 	lc, err := d.DialContext(ctx, "tcp", local.Addr)
 	if err != nil {
 		c.log.Warn("tunnel: local service unreachable", "service", h.Service, "addr", local.Addr, "err", err)
@@ -494,19 +498,27 @@ func writeProxyHeader(lc net.Conn, visitor netip.AddrPort) error {
 }
 
 // relay copies both ways; stream flow control and TCP windows are the
-// backpressure. Each direction's end is passed on as a half-close.
+// backpressure. Each direction's end is passed on as a half-close. Both
+// copies take a pooled buffer only while bytes are queued (see
+// copyFromStream, copyFromTCP): io.Copy would allocate 32 KiB per
+// direction per visitor and hold it for the visitor's whole life.
 func relay(lc net.Conn, st stream) {
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		if _, err := io.Copy(st, lc); err != nil {
+		if _, err := copyToStream(st, lc); err != nil {
 			st.Abort()
 			return
 		}
 		st.CloseWrite()
 	}()
-	_, err := io.Copy(lc, st)
+	var err error
+	if p, ok := st.(peeker); ok {
+		_, err = copyFromStream(lc, p)
+	} else {
+		_, err = copyPooled(lc, st)
+	}
 	if err != nil {
 		st.Abort()
 		lc.Close() // also ends the other direction

@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"io"
 	"net"
 	"sync"
 	"time"
@@ -34,6 +35,27 @@ func (c *streamConn) Write(p []byte) (int, error) {
 	}
 	return c.st.Write(p)
 }
+
+// WriteTo copies the stream to w holding a pooled buffer only while data
+// is queued; io.Copy (the SNI gateway's relay) uses it instead of
+// allocating 32 KiB per visitor for the visitor's whole life.
+// Streams that cannot peek (the TCP fallback's) copy with a pooled buffer.
+func (c *streamConn) WriteTo(w io.Writer) (int64, error) {
+	p, ok := c.st.(peeker)
+	if !ok {
+		return copyPooled(w, c)
+	}
+	return copyFromStream(w, ratedPeeker{c, p})
+}
+
+// ratedPeeker reads through the streamConn (its byte rate) and peeks on
+// the stream underneath.
+type ratedPeeker struct {
+	*streamConn
+	p peeker
+}
+
+func (r ratedPeeker) Peek(b []byte) (int, error) { return r.p.Peek(b) }
 
 // CloseWrite sends FIN: the peer reads EOF, the other direction goes on.
 func (c *streamConn) CloseWrite() error { return c.st.CloseWrite() }

@@ -95,6 +95,11 @@ func ServerConfig(kp *identity.KeyPair, alpn string, admit func(identity.ID) err
 		Certificates: []tls.Certificate{cert},
 		NextProtos:   []string{alpn},
 		ClientAuth:   tls.RequireAnyClientCert,
+		// No session tickets: a resumed handshake skips
+		// VerifyPeerCertificate, i.e. the node-key check and admit, and no
+		// pc2 client keeps a session cache anyway; a ticket would only
+		// cost a seal and a packet per connection.
+		SessionTicketsDisabled: true,
 		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
 			id, err := PeerID(raw)
 			if err != nil {

@@ -132,3 +132,57 @@ func TestStatelessResetKeyIsStable(t *testing.T) {
 		t.Fatal("stateless reset key must be a function of the node key")
 	}
 }
+
+// TestNoResumption: a client with a session cache still gets a full
+// handshake the second time, so the node-key check and admit run on every
+// connection (a resumed TLS 1.3 handshake skips VerifyPeerCertificate).
+func TestNoResumption(t *testing.T) {
+	srv, cli := key(t), key(t)
+	admits := 0
+	sc, _ := ServerConfig(srv, "x/1", func(identity.ID) error { admits++; return nil })
+	cc, _ := ClientConfig(cli, "x/1", srv.ID())
+	cc.ClientSessionCache = tls.NewLRUClientSessionCache(4)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	for i := range 2 {
+		done := make(chan error, 1)
+		go func() {
+			a, err := ln.Accept()
+			if err != nil {
+				done <- err
+				return
+			}
+			defer a.Close()
+			s := tls.Server(a, sc)
+			if err := s.Handshake(); err != nil {
+				done <- err
+				return
+			}
+			_, err = s.Write([]byte{1}) // after any ticket the server sends
+			done <- err
+		}()
+		b, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := tls.Client(b, cc)
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		var one [1]byte
+		if _, err := c.Read(one[:]); err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		if c.ConnectionState().DidResume {
+			t.Fatalf("connection %d resumed a session", i)
+		}
+		b.Close()
+		if err := <-done; err != nil {
+			t.Fatalf("server %d: %v", i, err)
+		}
+	}
+	if admits != 2 {
+		t.Fatalf("admit ran %d times, want 2", admits)
+	}
+}
