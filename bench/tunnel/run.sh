@@ -23,9 +23,8 @@ LAT_N=${LAT_N:-500}         # latency samples per target
 LOAD_RATE=${LOAD_RATE:-1000} # fixed connection rate for RSS under load
 LOAD_D=${LOAD_D:-6s}
 ROUNDS=${ROUNDS:-3}
-# Our transports to measure. TCP FALLBACK: add "tcp" once relay/tunnel has
-# its TLS-over-TCP transport (tunnelbench ours-client -transport tcp).
-OURS_MODES=${OURS_MODES:-quic}
+# Our transports to measure: QUIC and the TLS-over-TCP fallback (yamux).
+OURS_MODES=${OURS_MODES:-quic tcp}
 # Below the ephemeral range (32768–60999 here), so no outgoing connection
 # of a concurrent test can hold one of these ports.
 P=${BASE_PORT:-23600}

@@ -413,6 +413,13 @@ func (c *Client) dialQUIC(ctx context.Context, tr *quic.Transport, tlsConf *tls.
 // leases are held by the supernode until QUIC is back or they expire.
 func (c *Client) serveSession(ctx context.Context, sess session) error {
 	defer sess.Close("")
+	if q, ok := sess.(quicSession); ok {
+		c.streamsWG.Add(1)
+		go func() {
+			defer c.streamsWG.Done()
+			closeWhenSilent(q.c, Idle-2*time.Second, time.Second)
+		}()
+	}
 	if q, ok := sess.(quicSession); ok && c.ports != nil {
 		c.streamsWG.Add(1)
 		go func() {
@@ -436,6 +443,36 @@ func (c *Client) serveSession(ctx context.Context, sess session) error {
 			defer c.streams.Add(-1)
 			c.serveStream(ctx, st)
 		}()
+	}
+}
+
+// closeWhenSilent closes conn when it has received no packet for limit,
+// checking every tick. Why: QUIC restarts the idle timer when it sends the
+// first ack-eliciting packet after the last one received (RFC 9000
+// §10.1), so the node, which sends the keep-alives, would notice a silent
+// supernode only after the keep-alive period plus the idle timeout
+// (measured 22.4 s). The supernode answers every keep-alive (every Idle/2)
+// with an ACK, so a live tunnel is never silent for limit; a dead one is
+// closed within limit+tick of its last packet.
+func closeWhenSilent(conn *quic.Conn, limit, tick time.Duration) {
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	last := conn.ConnectionStats().PacketsReceived
+	heard := time.Now()
+	for {
+		select {
+		case <-conn.Context().Done():
+			return
+		case now := <-t.C:
+			if n := conn.ConnectionStats().PacketsReceived; n != last {
+				last, heard = n, now
+				continue
+			}
+			if now.Sub(heard) >= limit {
+				conn.CloseWithError(0, "supernode silent")
+				return
+			}
+		}
 	}
 }
 

@@ -25,10 +25,7 @@ import (
 func runOursServer(args []string) error {
 	fs := flag.NewFlagSet("ours-server", flag.ExitOnError)
 	sniAddr := fs.String("sni", "127.0.0.1:47643", "visitors' TLS (SNI) address")
-	udpAddr := fs.String("tunnel", "127.0.0.1:47690", "UDP address nodes' QUIC tunnels connect to")
-	// TCP FALLBACK: when relay/tunnel gains its TLS-over-TCP transport, add
-	// a flag here for its TCP listen address and start that listener on the
-	// same tunnel.Server; the client side picks it with -transport tcp.
+	udpAddr := fs.String("tunnel", "127.0.0.1:47690", "UDP address nodes' QUIC tunnels connect to; the TLS-over-TCP fallback listens on the same TCP port")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile here until exit")
 	_ = fs.Parse(args)
 	if stop, err := startProfile(*cpuprofile); err != nil {
@@ -48,6 +45,9 @@ func runOursServer(args []string) error {
 		},
 	})
 	if _, err := ts.Listen(*udpAddr); err != nil {
+		return err
+	}
+	if _, err := ts.ListenTCP(*udpAddr); err != nil {
 		return err
 	}
 	defer ts.Close()
@@ -86,7 +86,7 @@ func runOursClient(args []string) error {
 	supernode := fs.String("supernode", "127.0.0.1:47690", "supernode tunnel address")
 	local := fs.String("local", "127.0.0.1:47600", "local TLS service")
 	n := fs.Int("n", 1, "tunnel clients in this process")
-	transport := fs.String("transport", "quic", "tunnel transport: quic")
+	transport := fs.String("transport", "quic", "tunnel transport: quic or tcp (the TLS-over-TCP fallback)")
 	watchStdin := fs.Bool("watch-stdin", true, "exit when stdin closes (the parent is gone)")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile here until exit")
 	_ = fs.Parse(args)
@@ -104,9 +104,9 @@ func runOursClient(args []string) error {
 	}
 	switch *transport {
 	case "quic":
-	// TCP FALLBACK: case "tcp": set the tunnel-client knob that selects
-	// relay/tunnel's TLS-over-TCP transport on cfg here; run.sh then
-	// measures it as target "ours-tcp" (OURS_MODES="quic tcp").
+		cfg.Transport = tunnel.TransportQUIC
+	case "tcp":
+		cfg.Transport = tunnel.TransportTCP
 	default:
 		return fmt.Errorf("transport %q is not available", *transport)
 	}
