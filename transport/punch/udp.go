@@ -62,7 +62,7 @@ type Config struct {
 	DirectTimeout time.Duration
 	// Linger is how long a side keeps answering after both directions are
 	// confirmed, and after each later punch of the peer, which shows the
-	// peer has not seen our ack yet (default 3 intervals + RTT, at most 1 s;
+	// peer has not seen our ack yet (default 6 intervals + RTT, at most 1 s;
 	// 3 s after confirmation at most in total).
 	Linger time.Duration
 	// EscalateAfter is how long after Start birthday probing begins when
@@ -97,7 +97,7 @@ func (c Config) withDefaults(rtt time.Duration) Config {
 		c.DirectTimeout = min(max(20*rtt, 2*time.Second), 10*time.Second)
 	}
 	if c.Linger <= 0 {
-		c.Linger = min(3*c.Interval+rtt, time.Second)
+		c.Linger = min(6*c.Interval+rtt, time.Second)
 	}
 	if c.EscalateAfter <= 0 {
 		c.EscalateAfter = max(5*rtt, 250*time.Millisecond)
@@ -360,7 +360,13 @@ func (a *attempt) sendDue(now time.Time) {
 		}
 		a.punch(t.sock, t.addr, 0)
 		t.sent++
-		t.next = now.Add(a.gap(t.sent))
+		if a.res.GotPunch {
+			// The peer is there and answering: no back-off until it
+			// acknowledges (it lingers for a few intervals only).
+			t.next = now.Add(a.cfg.Interval)
+		} else {
+			t.next = now.Add(a.gap(t.sent))
+		}
 	}
 	if !a.escalated {
 		return
