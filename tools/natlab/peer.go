@@ -130,6 +130,10 @@ func (pa *peerAgent) trial(ctx context.Context, cmd TrialCmd) TrialSide {
 	}
 	if err == nil {
 		err = pa.finish(ctx, cmd, &side)
+	} else if !errors.Is(err, errPeerAborted) {
+		// Tell the peer at once instead of leaving it waiting for frames
+		// that will not come.
+		_ = pa.rc.Send(cmd.Peer, cmd.ID, []byte(abortFrame))
 	}
 	if err != nil {
 		side.Err = err.Error()
@@ -234,14 +238,30 @@ func (pa *peerAgent) tcpTrial(ctx context.Context, cmd TrialCmd, side *TrialSide
 }
 
 // reflectTCP connects from local (a port shared with a listener) to the
-// rendezvous reflector and returns the address it saw.
+// rendezvous reflector and returns the address it saw. A lost SYN or
+// SYN-ACK raises the kernel's RTO to 3 s for the connection, so a slow
+// answer is abandoned and asked again on a new connection.
 func reflectTCP(ctx context.Context, local, server netip.AddrPort) (netip.AddrPort, error) {
+	var err error
+	for range 4 {
+		var ap netip.AddrPort
+		if ap, err = reflectTCPOnce(ctx, local, server); err == nil || ctx.Err() != nil {
+			return ap, err
+		}
+	}
+	return netip.AddrPort{}, err
+}
+
+func reflectTCPOnce(ctx context.Context, local, server netip.AddrPort) (netip.AddrPort, error) {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
 	c, err := punch.DialerFrom(local).DialContext(ctx, "tcp", server.String())
 	if err != nil {
 		return netip.AddrPort{}, err
 	}
 	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	dl, _ := ctx.Deadline()
+	_ = c.SetDeadline(dl)
 	line, err := bufio.NewReaderSize(io.LimitReader(c, 128), 128).ReadString('\n')
 	if err != nil {
 		return netip.AddrPort{}, err
@@ -270,6 +290,9 @@ func (pa *peerAgent) finish(ctx context.Context, cmd TrialCmd, side *TrialSide) 
 		b, err := pa.rc.Recv(ctx, cmd.ID)
 		if err != nil {
 			return fmt.Errorf("peer status: %w", err)
+		}
+		if string(b) == abortFrame {
+			return errPeerAborted
 		}
 		if len(b) == 2 && b[0] == 's' {
 			side.PeerOK = b[1] == '1'

@@ -463,5 +463,14 @@ func (s *rdvSignal) Recv(ctx context.Context) (punch.SignalMsg, error) {
 	if err != nil {
 		return punch.SignalMsg{}, err
 	}
+	if string(b) == abortFrame {
+		return punch.SignalMsg{}, errPeerAborted
+	}
 	return punch.UnmarshalSignal(b)
 }
+
+// abortFrame tells the peer that this side gave up on the trial (its
+// signalling cannot be a punch message: those start with 1..3).
+const abortFrame = "x!"
+
+var errPeerAborted = errors.New("rendezvous: the peer aborted the trial")

@@ -30,7 +30,7 @@ func DialerFrom(local netip.AddrPort) *net.Dialer {
 
 // TCPConfig tunes PunchTCP; zero values take defaults from the plan's RTT.
 type TCPConfig struct {
-	// Timeout ends the attempt (default 20 RTT within [3 s, 10 s] after Start).
+	// Timeout ends the attempt (default 20 RTT within [2 s, 10 s] after Start).
 	Timeout time.Duration
 	// RetryAfter is how long one connect may take before it is abandoned
 	// and retried from the same port (default 4 RTT, at least 250 ms): a
@@ -66,7 +66,7 @@ func PunchTCP(ctx context.Context, ln *net.TCPListener, plan Plan, cfg TCPConfig
 		return nil, res, errors.New("punch: peer offered no TCP candidate")
 	}
 	if cfg.Timeout <= 0 {
-		cfg.Timeout = min(max(20*plan.RTT, 3*time.Second), 10*time.Second)
+		cfg.Timeout = min(max(20*plan.RTT, 2*time.Second), 10*time.Second)
 	}
 	if cfg.RetryAfter <= 0 {
 		cfg.RetryAfter = max(4*plan.RTT, 250*time.Millisecond)
