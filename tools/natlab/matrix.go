@@ -425,9 +425,12 @@ func runMatrixTrial(ctx context.Context, cfg MatrixConfig, j matrixJob, id strin
 	}
 	rec.TotalMillis = float64(max(a.TotalMicros, b.TotalMicros)) / 1000
 	var errs []string
-	for _, s := range sides {
+	for i, s := range sides {
 		if s.Err != "" {
 			errs = append(errs, s.Err)
+		}
+		if s.Detail != "" && !rec.Direct {
+			errs = append(errs, []string{"A: ", "B: "}[i]+s.Detail)
 		}
 	}
 	rec.Err = strings.Join(errs, "; ")

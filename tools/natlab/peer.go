@@ -50,6 +50,7 @@ type TrialSide struct {
 	TotalMicros     int64  `json:"total_us"`
 	RelayMicros     int64  `json:"relay_us,omitempty"`
 	Err             string `json:"err,omitempty"`
+	Detail          string `json:"detail,omitempty"` // diagnostics of a failed attempt
 }
 
 // peerAgent is the long-running agent of one lab host in a matrix run: it
@@ -212,7 +213,7 @@ func (pa *peerAgent) tcpTrial(ctx context.Context, cmd TrialCmd, side *TrialSide
 	}
 	defer ln.Close()
 	local := ln.Addr().(*net.TCPAddr).AddrPort()
-	mapped, err := reflectTCP(ctx, local, netip.AddrPortFrom(pa.rdv, ReflectPort))
+	mapped, err := reflectTCP(ctx, local, pa.rdv)
 	if err != nil {
 		return fmt.Errorf("tcp mapping: %w", err)
 	}
@@ -225,6 +226,9 @@ func (pa *peerAgent) tcpTrial(ctx context.Context, cmd TrialCmd, side *TrialSide
 	side.RTTMicros = plan.RTT.Microseconds()
 	conn, res, err := punch.PunchTCP(ctx, ln, plan, punch.TCPConfig{})
 	side.Dials = res.Dials
+	if !res.OK {
+		side.Detail = fmt.Sprintf("accepts %d, hello failures %d, last dial error: %s", res.Accepts, res.HelloFails, res.DialErr)
+	}
 	if res.OK {
 		conn.Close()
 		side.OK = true
@@ -241,11 +245,11 @@ func (pa *peerAgent) tcpTrial(ctx context.Context, cmd TrialCmd, side *TrialSide
 // rendezvous reflector and returns the address it saw. A lost SYN or
 // SYN-ACK raises the kernel's RTO to 3 s for the connection, so a slow
 // answer is abandoned and asked again on a new connection.
-func reflectTCP(ctx context.Context, local, server netip.AddrPort) (netip.AddrPort, error) {
+func reflectTCP(ctx context.Context, local netip.AddrPort, server netip.Addr) (netip.AddrPort, error) {
 	var err error
-	for range 4 {
+	for i := range ReflectPorts {
 		var ap netip.AddrPort
-		if ap, err = reflectTCPOnce(ctx, local, server); err == nil || ctx.Err() != nil {
+		if ap, err = reflectTCPOnce(ctx, local, netip.AddrPortFrom(server, ReflectPort+uint16(i))); err == nil || ctx.Err() != nil {
 			return ap, err
 		}
 	}

@@ -20,8 +20,13 @@ import (
 // Rendezvous ports on the lab's rendezvous host.
 const (
 	RendezvousPort = 7000 // TCP: signalling between named lab peers
-	ReflectPort    = 7001 // TCP: "observed <addr:port>" and close (TCP mapping discovery)
 	RelayPort      = 7002 // UDP: relays punch-format packets between the two sides of an attempt
+	// ReflectPort and the ReflectPorts-1 ports after it answer TCP
+	// connections with "observed <addr:port>" and close (TCP mapping
+	// discovery). A retry uses the next port: the previous attempt's
+	// connection may still hold the 4-tuple.
+	ReflectPort  = 7010
+	ReflectPorts = 4
 )
 
 // Rendezvous limits: every input is bounded in size, count and time.
@@ -54,7 +59,7 @@ var sessionRE = regexp.MustCompile(`^[a-z0-9-]{1,64}$`)
 // only between those two addresses; it never answers more than it receives.
 type RendezvousServer struct {
 	sig     *net.TCPListener
-	reflect *net.TCPListener
+	reflect [ReflectPorts]*net.TCPListener
 	relay   *net.UDPConn
 
 	mu      sync.Mutex
@@ -81,9 +86,11 @@ func ListenRendezvous(addr netip.Addr) (*RendezvousServer, error) {
 	if s.sig, err = net.ListenTCP("tcp", net.TCPAddrFromAddrPort(netip.AddrPortFrom(addr, RendezvousPort))); err != nil {
 		return nil, fmt.Errorf("rendezvous: %w", err)
 	}
-	if s.reflect, err = net.ListenTCP("tcp", net.TCPAddrFromAddrPort(netip.AddrPortFrom(addr, ReflectPort))); err != nil {
-		s.Close()
-		return nil, fmt.Errorf("rendezvous reflect: %w", err)
+	for i := range s.reflect {
+		if s.reflect[i], err = net.ListenTCP("tcp", net.TCPAddrFromAddrPort(netip.AddrPortFrom(addr, ReflectPort+uint16(i)))); err != nil {
+			s.Close()
+			return nil, fmt.Errorf("rendezvous reflect: %w", err)
+		}
 	}
 	if s.relay, err = net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(addr, RelayPort))); err != nil {
 		s.Close()
@@ -97,8 +104,10 @@ func (s *RendezvousServer) Close() {
 	if s.sig != nil {
 		s.sig.Close()
 	}
-	if s.reflect != nil {
-		s.reflect.Close()
+	for _, l := range s.reflect {
+		if l != nil {
+			l.Close()
+		}
 	}
 	if s.relay != nil {
 		s.relay.Close()
@@ -109,9 +118,11 @@ func (s *RendezvousServer) Close() {
 func (s *RendezvousServer) Serve(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, s.Close)
 	defer stop()
-	s.wg.Add(3)
+	s.wg.Add(2 + len(s.reflect))
 	go func() { defer s.wg.Done(); s.serveSignal(ctx) }()
-	go func() { defer s.wg.Done(); s.serveReflect(ctx) }()
+	for _, l := range s.reflect {
+		go func() { defer s.wg.Done(); s.serveReflect(ctx, l) }()
+	}
 	go func() { defer s.wg.Done(); s.serveRelay(ctx) }()
 	s.wg.Wait()
 	s.mu.Lock()
@@ -220,9 +231,9 @@ func readLine(br *bufio.Reader) (string, error) {
 	return strings.TrimRight(string(line), "\r\n"), nil
 }
 
-func (s *RendezvousServer) serveReflect(ctx context.Context) {
+func (s *RendezvousServer) serveReflect(ctx context.Context, l *net.TCPListener) {
 	for {
-		c, err := s.reflect.AcceptTCP()
+		c, err := l.AcceptTCP()
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return

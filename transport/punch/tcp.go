@@ -30,11 +30,16 @@ func DialerFrom(local netip.AddrPort) *net.Dialer {
 
 // TCPConfig tunes PunchTCP; zero values take defaults from the plan's RTT.
 type TCPConfig struct {
-	// Timeout ends the attempt (default 20 RTT within [2 s, 10 s] after Start).
+	// Timeout ends the attempt (default 20 RTT within [4 s, 10 s] after
+	// Start: the kernel sends SYNs at 0, 1 and 3 s, and each lost SYN costs
+	// a retransmission).
 	Timeout time.Duration
-	// RetryAfter is how long one connect may take before it is abandoned
-	// and retried from the same port (default 4 RTT, at least 250 ms): a
-	// lost SYN would otherwise wait for the kernel's 1 s retransmission.
+	// RetryAfter is the pause after a connect that failed outright (reset,
+	// refused) before connecting again from the same port (default 4 RTT,
+	// at least 250 ms). A pending connect is never abandoned: closing a
+	// socket in SYN-SENT keeps its 4-tuple busy for a while (the next
+	// connect fails with EADDRNOTAVAIL) and turns the peer's late SYN-ACK
+	// into a reset, which measured worse in the NAT lab.
 	RetryAfter time.Duration
 }
 
@@ -45,8 +50,11 @@ type TCPResult struct {
 	// Accepted: the connection came in on the listener (else our connect
 	// completed, possibly by simultaneous open).
 	Accepted bool
-	// Dials counts connect attempts.
-	Dials int
+	// Dials counts connect attempts, Accepts connections accepted,
+	// HelloFails connections whose hello did not verify; DialErr is the
+	// last connect error (diagnostics).
+	Dials, Accepts, HelloFails int
+	DialErr                    string
 	// FirstDirect is the time from Plan.Sync until the peer's hello was
 	// verified on a direct connection.
 	FirstDirect time.Duration
@@ -66,7 +74,7 @@ func PunchTCP(ctx context.Context, ln *net.TCPListener, plan Plan, cfg TCPConfig
 		return nil, res, errors.New("punch: peer offered no TCP candidate")
 	}
 	if cfg.Timeout <= 0 {
-		cfg.Timeout = min(max(20*plan.RTT, 2*time.Second), 10*time.Second)
+		cfg.Timeout = min(max(20*plan.RTT, 4*time.Second), 10*time.Second)
 	}
 	if cfg.RetryAfter <= 0 {
 		cfg.RetryAfter = max(4*plan.RTT, 250*time.Millisecond)
@@ -110,6 +118,9 @@ func PunchTCP(ctx context.Context, ln *net.TCPListener, plan Plan, cfg TCPConfig
 		}
 		if err := hello(ctx, c, plan); err != nil {
 			c.Close()
+			mu.Lock()
+			res.HelloFails++
+			mu.Unlock()
 			return
 		}
 		select {
@@ -135,6 +146,9 @@ func PunchTCP(ctx context.Context, ln *net.TCPListener, plan Plan, cfg TCPConfig
 				}
 				continue
 			}
+			mu.Lock()
+			res.Accepts++
+			mu.Unlock()
 			wg.Add(1)
 			go tryConn(c, true)
 		}
@@ -146,18 +160,19 @@ func PunchTCP(ctx context.Context, ln *net.TCPListener, plan Plan, cfg TCPConfig
 			defer wg.Done()
 			d := DialerFrom(local)
 			for ctx.Err() == nil {
-				next := time.Now().Add(cfg.RetryAfter)
 				mu.Lock()
 				dials++
 				mu.Unlock()
-				dctx, dcancel := context.WithDeadline(ctx, next)
-				c, err := d.DialContext(dctx, "tcp", rc.String())
-				dcancel()
+				c, err := d.DialContext(ctx, "tcp", rc.String())
+				next := time.Now().Add(cfg.RetryAfter)
 				if err == nil {
 					wg.Add(1)
 					go tryConn(c, false)
 					return
 				}
+				mu.Lock()
+				res.DialErr = err.Error()
+				mu.Unlock()
 				t := time.NewTimer(max(time.Until(next), 0))
 				select {
 				case <-t.C:
@@ -189,7 +204,9 @@ func PunchTCP(ctx context.Context, ln *net.TCPListener, plan Plan, cfg TCPConfig
 	mu.Unlock()
 	wg.Wait()
 	_ = ln.SetDeadline(time.Time{})
+	mu.Lock()
 	res.Dials = dials
+	mu.Unlock()
 	if w.c == nil {
 		if errors.Is(err, context.DeadlineExceeded) {
 			err = ErrNoPath

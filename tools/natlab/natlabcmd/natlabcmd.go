@@ -494,7 +494,7 @@ func (c *Command) matrix(ctx context.Context, all, args []string, stdout, stderr
 	profiles := fs.String("profiles", strings.Join(natlab.MatrixProfiles, ","), "NAT profiles")
 	transports := fs.String("transports", "udp,tcp", "transports")
 	losses := fs.String("loss", "none,random:5%", "loss levels, comma-separated: none, random:P%, nth:N (deterministic)")
-	parallelN := fs.Int("parallel", 8, "concurrent trials")
+	parallelN := fs.Int("parallel", 16, "concurrent trials (each host runs one at a time)")
 	latency := fs.Duration("latency", 10*time.Millisecond, "emulated one-way latency added by each peer to what it sends")
 	relay := fs.Bool("relay", true, "fall back to the rendezvous host's UDP relay when no direct path is found")
 	out := fs.String("out", "natlab-matrix", "output prefix for the CSV files and the PNG heat map ('' = none)")
