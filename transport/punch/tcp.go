@@ -28,6 +28,10 @@ func DialerFrom(local netip.AddrPort) *net.Dialer {
 	return &net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(local), Control: reuseControl}
 }
 
+// maxHelloChecks bounds the accepted connections whose hello is checked
+// concurrently during one attempt.
+const maxHelloChecks = 16
+
 // TCPConfig tunes PunchTCP; zero values take defaults from the plan's RTT.
 type TCPConfig struct {
 	// Timeout ends the attempt (default 20 RTT within [4 s, 10 s] after
@@ -148,7 +152,12 @@ func PunchTCP(ctx context.Context, ln *net.TCPListener, plan Plan, cfg TCPConfig
 			}
 			mu.Lock()
 			res.Accepts++
+			busy := res.Accepts-res.HelloFails > maxHelloChecks
 			mu.Unlock()
+			if busy {
+				c.Close() // bounded work per attempt, whoever connects
+				continue
+			}
 			wg.Add(1)
 			go tryConn(c, true)
 		}
