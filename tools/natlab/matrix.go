@@ -282,16 +282,26 @@ func runMatrixLab(ctx context.Context, cfg MatrixConfig, loss Loss, hosts int) (
 	}
 	fmt.Fprintf(cfg.Log, "matrix: lab (loss %s) up with %d peers in %v\n", loss, len(names), time.Since(t0).Round(time.Millisecond))
 
-	var jobs []matrixJob
+	// Long trials (birthday probing, relay after a failed direct attempt)
+	// first, short ones after: the dispatcher starts the first job whose
+	// hosts are free, so short trials fill the gaps and the run does not end
+	// with a tail of long trials queued on a few hosts.
+	var jobs, short []matrixJob
 	for i := range cfg.Trials {
 		for _, tr := range cfg.Transports {
 			for _, a := range cfg.Profiles {
 				for _, b := range cfg.Profiles {
-					jobs = append(jobs, matrixJob{loss: loss, transport: tr, a: a, b: b, trial: i})
+					j := matrixJob{loss: loss, transport: tr, a: a, b: b, trial: i}
+					if exp, _ := ExpectedPath(a, b, tr); exp == PathDirect {
+						short = append(short, j)
+					} else {
+						jobs = append(jobs, j)
+					}
 				}
 			}
 		}
 	}
+	jobs = append(jobs, short...)
 	free := map[string]bool{}
 	for _, h := range names {
 		free[h] = true
