@@ -196,6 +196,7 @@ func (pa *peerAgent) udpTrial(ctx context.Context, cmd TrialCmd, side *TrialSide
 	res, err := punch.PunchUDP(ctx, NewDelayConn(c, pa.latency), plan, cfg)
 	side.Sent, side.Probes, side.Sockets = res.Sent, res.Probes, res.Sockets
 	side.FirstMicros, side.ConfirmedMicros = res.FirstDirect.Microseconds(), res.Confirmed.Microseconds()
+	side.Detail = res.String()
 	if res.OK {
 		side.OK = true
 		side.Path = string(res.Path)
