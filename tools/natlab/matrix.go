@@ -15,7 +15,12 @@ import (
 	"sync"
 	"text/tabwriter"
 	"time"
+
+	"github.com/elacity/pc2/transport/punch"
 )
+
+// MaxBirthdayProbes is the easy side's probe budget (punch.MaxProbes).
+const MaxBirthdayProbes = punch.MaxProbes
 
 // MatrixProfiles are the NAT profiles of the punch matrix: the four built-in
 // profiles and "dbl", a port-restricted home NAT behind a port-restricted
