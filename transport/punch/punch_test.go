@@ -318,6 +318,10 @@ func TestPunchUDPBirthday(t *testing.T) {
 	if e.res.Probes == 0 || e.res.Probes > MaxProbes {
 		t.Errorf("probes %d", e.res.Probes)
 	}
+	// Probing started 50 ms after the start and never beat 200/s.
+	if window := e.res.Confirmed - 50*time.Millisecond; float64(e.res.Probes) > window.Seconds()*MaxProbeRate+2 {
+		t.Errorf("%d probes in %v: above %d/s", e.res.Probes, window, MaxProbeRate)
+	}
 	if h.res.Sockets != MaxHardSockets {
 		t.Errorf("hard side used %d sockets, want %d", h.res.Sockets, MaxHardSockets)
 	}

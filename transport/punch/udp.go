@@ -386,6 +386,11 @@ func (a *attempt) sendDue(now time.Time) {
 	// Easy side: random probes at the configured rate.
 	if a.easy && !a.res.Acked {
 		step := time.Second / time.Duration(a.cfg.ProbeRate)
+		if now.Sub(a.nextProbe) > step {
+			// Woken late (a busy machine): do not catch up with a burst,
+			// the rate bound holds over any window.
+			a.nextProbe = now
+		}
 		for a.res.Probes < a.cfg.MaxProbes && !now.Before(a.nextProbe) {
 			port, ok := a.randomPort()
 			if !ok {
