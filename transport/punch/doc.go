@@ -36,4 +36,11 @@
 // Every punch carries the attempt id and an HMAC tag keyed by the attempt's
 // token, so stray packets, packets of other attempts and forgeries are
 // ignored; a side also ignores packets claiming its own role (reflections).
+//
+// Hand-written rather than taken from pion/ice or go-libp2p's holepunch:
+// ICE's paced STUN checks and nomination have no birthday probing and no
+// listen+connect TCP, libp2p's code is bound to its host and streams, and
+// here the attempt must run on PC2's shared socket through two small
+// interfaces, with a fixed 36-byte packet that the socket demultiplexes by
+// its first byte.
 package punch

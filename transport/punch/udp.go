@@ -1,6 +1,7 @@
 package punch
 
 import (
+	"context"
 	crand "crypto/rand"
 	"encoding/binary"
 	"errors"
@@ -10,8 +11,6 @@ import (
 	"net/netip"
 	"sync"
 	"time"
-
-	"context"
 )
 
 // PacketConn is the part of a UDP socket an attempt needs. *net.UDPConn
