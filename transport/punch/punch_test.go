@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"net"
 	"net/netip"
@@ -201,18 +202,25 @@ func TestPunchUDPLoopback(t *testing.T) {
 // a row.
 func TestPunchUDPLoss(t *testing.T) {
 	for seed := range uint64(20) {
-		la := &lossyConn{UDPConn: listenUDP(t, "127.0.0.1"), rng: rand.New(rand.NewPCG(seed, 1)), p: 0.3, first: 3}
-		lb := &lossyConn{UDPConn: listenUDP(t, "127.0.0.1"), rng: rand.New(rand.NewPCG(seed, 2)), p: 0.3, first: 3}
-		a := &side{conn: la, offer: Offer{UDP: []netip.AddrPort{addrOf(la)}}}
-		b := &side{conn: lb, offer: Offer{UDP: []netip.AddrPort{addrOf(lb)}}}
-		runPair(t, a, b, time.Millisecond)
-		if !a.res.OK || !b.res.OK {
-			t.Fatalf("seed %d: %v / %v", seed, a.res, b.res)
-		}
-		if la.dropped < 3 || lb.dropped < 3 {
-			t.Fatalf("seed %d: dropped %d and %d", seed, la.dropped, lb.dropped)
-		}
-		t.Logf("seed %d: dropped %d/%d and %d/%d; %v", seed, la.dropped, la.writes, lb.dropped, lb.writes, a.res)
+		t.Run(fmt.Sprint(seed), func(t *testing.T) {
+			t.Parallel()
+			la := &lossyConn{UDPConn: listenUDP(t, "127.0.0.1"), rng: rand.New(rand.NewPCG(seed, 1)), p: 0.3, first: 3}
+			lb := &lossyConn{UDPConn: listenUDP(t, "127.0.0.1"), rng: rand.New(rand.NewPCG(seed, 2)), p: 0.3, first: 3}
+			a := &side{conn: la, offer: Offer{UDP: []netip.AddrPort{addrOf(la)}}}
+			b := &side{conn: lb, offer: Offer{UDP: []netip.AddrPort{addrOf(lb)}}}
+			runPair(t, a, b, time.Millisecond)
+			if !a.res.OK || !b.res.OK {
+				t.Fatalf("%v / %v", a.res, b.res)
+			}
+			la.mu.Lock()
+			lb.mu.Lock()
+			defer la.mu.Unlock()
+			defer lb.mu.Unlock()
+			if la.dropped < 3 || lb.dropped < 3 {
+				t.Fatalf("dropped %d and %d", la.dropped, lb.dropped)
+			}
+			t.Logf("dropped %d/%d and %d/%d; %v", la.dropped, la.writes, lb.dropped, lb.writes, a.res)
+		})
 	}
 }
 

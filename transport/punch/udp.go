@@ -61,8 +61,11 @@ type Config struct {
 	DirectTimeout time.Duration
 	// Linger is how long a side keeps answering after both directions are
 	// confirmed, and after each later punch of the peer, which shows the
-	// peer has not seen our ack yet (default 6 intervals + RTT, at most 1 s;
-	// 3 s after confirmation at most in total).
+	// peer has not seen our ack yet (default 10 intervals + RTT, within
+	// [250 ms, 1 s]; 3 s after confirmation at most in total). It must
+	// outlast a run of lost punches and a peer process that is not
+	// scheduled for a while: a side that leaves early strands a peer whose
+	// punches were never acknowledged.
 	Linger time.Duration
 	// EscalateAfter is how long after Start birthday probing begins when
 	// exactly one side is hard (default 5 RTT, at least 250 ms).
@@ -96,7 +99,7 @@ func (c Config) withDefaults(rtt time.Duration) Config {
 		c.DirectTimeout = min(max(20*rtt, 2*time.Second), 10*time.Second)
 	}
 	if c.Linger <= 0 {
-		c.Linger = min(6*c.Interval+rtt, time.Second)
+		c.Linger = min(max(10*c.Interval+rtt, 250*time.Millisecond), time.Second)
 	}
 	if c.EscalateAfter <= 0 {
 		c.EscalateAfter = max(5*rtt, 250*time.Millisecond)
@@ -135,9 +138,9 @@ type Result struct {
 	// GotPunch and Acked: a punch of the peer reached us; our punch was
 	// acknowledged.
 	GotPunch, Acked bool
-	// Sent counts punches and acks sent, Probes birthday probes, Sockets
-	// the sockets used (1 + extra).
-	Sent, Probes, Sockets int
+	// Sent counts punches and acks sent, Received valid packets of the
+	// peer, Probes birthday probes, Sockets the sockets used (1 + extra).
+	Sent, Received, Probes, Sockets int
 	// FirstDirect is the time from Plan.Sync to the first authenticated
 	// packet from the peer (0: none); Confirmed to both directions working.
 	FirstDirect, Confirmed time.Duration
@@ -501,6 +504,7 @@ func (a *attempt) handle(ev event) bool {
 		return false // stray, forged, another attempt's, or our own reflected
 	}
 	from := netip.AddrPortFrom(ev.from.Addr().Unmap(), ev.from.Port())
+	a.res.Received++
 	if a.res.FirstDirect == 0 {
 		a.res.FirstDirect = time.Since(a.plan.Sync)
 	}
@@ -510,6 +514,13 @@ func (a *attempt) handle(ev event) bool {
 			a.res.GotPunch = true
 			if p.Flags&FlagProbe != 0 || ev.sock > 0 {
 				a.viaProbe = true
+			}
+			// The peer is answering now: drop the back-off at once (a
+			// punch scheduled after a long gap would come after the peer
+			// stopped lingering, and our punch would never be acked).
+			now := time.Now()
+			for i := range a.targets {
+				a.targets[i].next = minTime(a.targets[i].next, now)
 			}
 		}
 		a.write(ev.sock, Packet{Type: TypeAck, Flags: a.role | p.Flags&FlagProbe, Seq: p.Seq, Socket: uint16(ev.sock)}, from)
@@ -571,8 +582,8 @@ func (a *attempt) stop() {
 // String summarises a result for logs.
 func (r Result) String() string {
 	if !r.OK {
-		return fmt.Sprintf("no path (punch in: %v, ack: %v, %d sent, %d probes, %d sockets)", r.GotPunch, r.Acked, r.Sent, r.Probes, r.Sockets)
+		return fmt.Sprintf("no path (punch in: %v, ack: %v, %d sent, %d received, %d probes, %d sockets)", r.GotPunch, r.Acked, r.Sent, r.Received, r.Probes, r.Sockets)
 	}
-	return fmt.Sprintf("%s via %v (socket %d) first packet after %v, confirmed after %v, %d sent, %d probes",
-		r.Path, r.Remote, r.Socket, r.FirstDirect, r.Confirmed, r.Sent, r.Probes)
+	return fmt.Sprintf("%s via %v (socket %d) first packet after %v, confirmed after %v, %d sent, %d received, %d probes",
+		r.Path, r.Remote, r.Socket, r.FirstDirect, r.Confirmed, r.Sent, r.Received, r.Probes)
 }
