@@ -27,6 +27,8 @@ func AgentCommands() [][2]string {
 		{"query", "one probe request (optionally change-IP/port, delayed reply); print JSON"},
 		{"loss", "send N probe requests, count replies; print JSON"},
 		{"upload", "TCP upload to the probe server sink; print JSON with kbit/s"},
+		{"rendezvous", "signalling server, TCP reflector and UDP relay for matrix peers"},
+		{"peer", "matrix peer: run punch trials read from stdin as JSON, print JSON results"},
 	}
 }
 
@@ -169,6 +171,47 @@ func AgentMain(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			return err
 		}
 		return enc.Encode(r)
+
+	case "rendezvous":
+		addr := fs.String("addr", "", "address to listen on")
+		if err := fs.Parse(args); err != nil {
+			return err
+		}
+		a, err := netip.ParseAddr(*addr)
+		if err != nil {
+			return fmt.Errorf("agent rendezvous: -addr: %w", err)
+		}
+		s, err := ListenRendezvous(a)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(stdout, "ready")
+		return s.Serve(ctx)
+
+	case "peer":
+		name := fs.String("name", "", "this host's name (rendezvous registration)")
+		alt := fs.String("alt", "", "probe server alternate endpoint")
+		rdv := fs.String("rdv", "", "rendezvous host address")
+		latency := fs.Duration("latency", 0, "emulated one-way latency added to every datagram and signalling frame sent")
+		if err := fs.Parse(args); err != nil {
+			return err
+		}
+		srv, err := parseServer()
+		if err != nil {
+			return err
+		}
+		altAP, err := netip.ParseAddrPort(*alt)
+		if err != nil {
+			return fmt.Errorf("agent peer: -alt: %w", err)
+		}
+		rdvAddr, err := netip.ParseAddr(*rdv)
+		if err != nil {
+			return fmt.Errorf("agent peer: -rdv: %w", err)
+		}
+		if *latency < 0 || *latency > 10*time.Second {
+			return fmt.Errorf("agent peer: -latency %v out of range", *latency)
+		}
+		return runPeerAgent(ctx, *name, srv, altAP, rdvAddr, *latency, os.Stdin, stdout)
 
 	case "upload":
 		n := fs.Int64("bytes", 1<<20, "bytes to upload")

@@ -367,14 +367,18 @@ func (o NATOptions) ruleset(wan netip.Addr, lan netip.Prefix, stunServers []neti
 	}
 	w("\t}")
 
-	// Silent drop of unsolicited inbound to the router itself (pitfall 1).
+	// Silent drop of unsolicited inbound to the router itself (pitfall 1),
+	// invalid packets included: a stray TCP segment (a late SYN-ACK of an
+	// abandoned connect, say) that matches no DNAT would otherwise reach
+	// the router's own stack and be answered with a RST, which kills a
+	// TCP hole punch in progress; home routers drop such packets too.
 	w("\tchain input {\n\t\ttype filter hook input priority 0; policy accept;")
 	if o.PortMapping {
 		for _, ap := range stunServers {
 			w("\t\tiifname \"wan0\" ip saddr %s udp sport %d accept", ap.Addr(), ap.Port())
 		}
 	}
-	w("\t\tiifname \"wan0\" ct state new drop")
+	w("\t\tiifname \"wan0\" ct state { new, invalid } drop")
 	w("\t}")
 
 	// Loss: one rule (and one counter) per direction.

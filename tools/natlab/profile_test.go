@@ -121,7 +121,7 @@ func TestRulesetShape(t *testing.T) {
 	wan, lan := netip.MustParseAddr("203.0.113.10"), netip.MustParsePrefix("10.0.1.0/24")
 	for _, p := range Profiles() {
 		rs := NATOptions{Profile: p}.ruleset(wan, lan, nil)
-		if !strings.Contains(rs, `iifname "wan0" ct state new drop`) {
+		if !strings.Contains(rs, `iifname "wan0" ct state { new, invalid } drop`) {
 			t.Errorf("%s: no silent drop of unsolicited inbound", p.Name)
 		}
 		if got := strings.Contains(rs, "dnat ip to meta l4proto . th dport map @pmap"); got != (p.Filtering != APDF) {
@@ -160,7 +160,7 @@ func TestRulesetShape(t *testing.T) {
 		t.Errorf("STUN exception without port mapping:\n%s", rs)
 	}
 	rs := NATOptions{Profile: PortRestricted, PortMapping: true}.ruleset(wan, lan, stun)
-	drop := strings.Index(rs, `iifname "wan0" ct state new drop`)
+	drop := strings.Index(rs, `iifname "wan0" ct state { new, invalid } drop`)
 	for _, ap := range stun {
 		rule := fmt.Sprintf(`iifname "wan0" ip saddr %s udp sport %d accept`, ap.Addr(), ap.Port())
 		if i := strings.Index(rs, rule); i < 0 || i > drop {

@@ -64,6 +64,8 @@ func (c *Command) Run(ctx context.Context, args []string, stdout, stderr io.Writ
 		return c.classify(ctx, args, rest, stdout, stderr)
 	case "punch":
 		return c.punch(ctx, args, rest, stdout, stderr)
+	case "matrix":
+		return c.matrix(ctx, args, rest, stdout, stderr)
 	case "list":
 		return c.list(rest, stdout, stderr)
 	case "install-deps":
@@ -92,6 +94,9 @@ Commands:
                                (of the running lab, or of a fresh lab of that topology)
   punch [--lab NAME] <hostA> <hostB>
                                UDP hole punch between two hosts of the running lab
+  matrix [flags]               hole-punching benchmark: every ordered pair of NAT profiles,
+                               UDP and TCP, N trials per cell, with and without loss;
+                               table on stdout, CSV and PNG heat map
   list                         profiles, NAT options, topologies, running labs
   install-deps                 install nft, ip, tc, miniupnpd if missing
 
@@ -475,6 +480,94 @@ func (c *Command) punch(ctx context.Context, all, args []string, stdout, stderr 
 	}
 	fmt.Fprintln(stdout, "not punched")
 	return &ExitError{Code: 1}
+}
+
+func (c *Command) matrix(ctx context.Context, all, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("matrix", "[flags]",
+		"Benchmark hole punching (package transport/punch) in fresh labs: for every ordered pair of\n"+
+			"NAT profiles (fc, arc, prc, sym, dbl = prc behind a prc CGNAT), over UDP and TCP, run N\n"+
+			"trials per cell at each loss level; record success, packets and probes, time to the\n"+
+			"first direct packet in measured RTTs and the path (direct, birthday, relay). Loss is\n"+
+			"applied on the initiator's NAT in both directions. Prints a table and writes\n"+
+			"<out>-trials.csv, <out>-cells.csv and <out>.png.", stderr)
+	trials := fs.Int("trials", 100, "trials per cell")
+	profiles := fs.String("profiles", strings.Join(natlab.MatrixProfiles, ","), "NAT profiles")
+	transports := fs.String("transports", "udp,tcp", "transports")
+	losses := fs.String("loss", "none,random:5%", "loss levels, comma-separated: none, random:P%, nth:N (deterministic)")
+	parallelN := fs.Int("parallel", 16, "concurrent trials (each host runs one at a time)")
+	latency := fs.Duration("latency", 10*time.Millisecond, "emulated one-way latency added by each peer to what it sends")
+	relay := fs.Bool("relay", true, "fall back to the rendezvous host's UDP relay when no direct path is found")
+	out := fs.String("out", "natlab-matrix", "output prefix for the CSV files and the PNG heat map ('' = none)")
+	seed := fs.Uint64("seed", 1, "seed of the birthday probe order")
+	if err := parse(fs, args); err != nil {
+		return helpOK(err)
+	}
+	if fs.NArg() != 0 {
+		fs.Usage()
+		return errors.New("natlab matrix: no positional arguments")
+	}
+	var lossList []natlab.Loss
+	for _, s := range strings.Split(*losses, ",") {
+		s = strings.TrimSpace(s)
+		if s == "none" || s == "0" || s == "" {
+			lossList = append(lossList, natlab.Loss{})
+			continue
+		}
+		l, err := natlab.ParseLoss(s)
+		if err != nil {
+			return err
+		}
+		lossList = append(lossList, l)
+	}
+	if *trials <= 0 || *trials > 100_000 || *parallelN <= 0 || *parallelN > 64 {
+		return errors.New("natlab matrix: --trials 1..100000, --parallel 1..64")
+	}
+	if os.Geteuid() != 0 {
+		return natlab.ErrNotRoot
+	}
+	launcher, err := c.launcher(all)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := natlab.InstallDeps(ctx); err != nil {
+		return err
+	}
+	rep, err := natlab.RunMatrix(ctx, natlab.MatrixConfig{
+		Profiles: strings.Split(*profiles, ","), Transports: strings.Split(*transports, ","), Losses: lossList,
+		Trials: *trials, Parallel: *parallelN, Latency: *latency, Relay: *relay, Seed: *seed,
+		Launcher: launcher, Log: stderr,
+	})
+	if err != nil {
+		return err
+	}
+	rep.WriteTable(stdout)
+	if *out == "" {
+		return nil
+	}
+	write := func(path string, f func(io.Writer) error) error {
+		fh, err := os.Create(path)
+		if err != nil {
+			return err
+		}
+		if err := f(fh); err != nil {
+			fh.Close()
+			return fmt.Errorf("%s: %w", path, err)
+		}
+		return fh.Close()
+	}
+	if err := write(*out+"-trials.csv", rep.WriteTrialsCSV); err != nil {
+		return err
+	}
+	if err := write(*out+"-cells.csv", rep.WriteCellsCSV); err != nil {
+		return err
+	}
+	if err := write(*out+".png", rep.WritePNG); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "wrote %s-trials.csv, %s-cells.csv, %s.png\n", *out, *out, *out)
+	return nil
 }
 
 func (c *Command) list(args []string, stdout, stderr io.Writer) error {

@@ -70,7 +70,7 @@ func TestHelp(t *testing.T) {
 	if err != nil || !strings.Contains(out, "classify [topology]") {
 		t.Fatalf("help: %v\n%s", err, out)
 	}
-	for _, c := range []string{"up", "down", "exec", "classify", "punch", "list", "install-deps"} {
+	for _, c := range []string{"up", "down", "exec", "classify", "punch", "matrix", "list", "install-deps"} {
 		out, err := run(t, c, "--help")
 		if err != nil || !strings.Contains(out, "usage: natlab "+c) {
 			t.Errorf("%s --help: %v\n%s", c, err, out)
