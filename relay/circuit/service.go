@@ -3,11 +3,11 @@ package circuit
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net/netip"
 	"sync/atomic"
 	"time"
 
+	"github.com/elacity/pc2/core/admission"
 	"github.com/elacity/pc2/core/host"
 	"github.com/elacity/pc2/core/identity"
 )
@@ -97,18 +97,6 @@ func (s *Service) Server() *Server { return s.srv.Load() }
 // Addr returns the UDP address once started.
 func (s *Service) Addr() netip.AddrPort { return s.addr }
 
-func parseIDs(ids []string) (map[identity.ID]bool, error) {
-	m := map[identity.ID]bool{}
-	for _, v := range ids {
-		id, err := identity.ParseID(v)
-		if err != nil {
-			return nil, fmt.Errorf("%q: %w", v, err)
-		}
-		m[id] = true
-	}
-	return m, nil
-}
-
 // Start implements host.Service.
 func (s *Service) Start(_ context.Context, h host.Handle) error {
 	c := DefaultServiceConfig(h.Config().Dev, s.enabled)
@@ -128,11 +116,11 @@ func (s *Service) Start(_ context.Context, h host.Handle) error {
 	if c.SessionMaxDuration < 0 {
 		errs = append(errs, sec.Errorf("sessionMaxDuration", "must not be negative (0: unlimited)"))
 	}
-	allow, err := parseIDs(c.Allow)
+	allow, err := admission.ParseIDs(c.Allow)
 	if err != nil {
 		errs = append(errs, sec.Errorf("allow", err.Error()))
 	}
-	deny, err := parseIDs(c.Deny)
+	deny, err := admission.ParseIDs(c.Deny)
 	if err != nil {
 		errs = append(errs, sec.Errorf("deny", err.Error()))
 	}
@@ -143,20 +131,14 @@ func (s *Service) Start(_ context.Context, h host.Handle) error {
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
-	if !c.AdmitAll && len(allow) == 0 && s.reg == nil {
+	policy := &admission.Policy{Allow: allow, Deny: deny, All: c.AdmitAll, Refusal: "node id is not admitted to this relay"}
+	if s.reg != nil {
+		policy.Registry = s.reg
+	}
+	if policy.AdmitsNobody() {
 		h.Logger().Warn("relay admits nobody: set relay.allow or relay.admitAll")
 	}
-	admit := func(id identity.ID) error {
-		switch {
-		case deny[id]:
-			return errors.New("node id is on the deny list")
-		case allow[id], c.AdmitAll:
-			return nil
-		case s.reg != nil && s.reg.Registered(id):
-			return nil
-		}
-		return errors.New("node id is not admitted to this relay")
-	}
+	admit := policy.Admit
 	srv := NewServer(h.Identity(), Config{
 		Admit: admit,
 		Session: Limits{

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/elacity/pc2/core/admission"
 	"github.com/elacity/pc2/core/host"
 	"github.com/elacity/pc2/core/identity"
 	"github.com/elacity/pc2/core/store"
@@ -102,18 +103,6 @@ func (s *ServerService) Addr() net.Addr { return s.addr }
 // Server returns the running server, or nil before Start.
 func (s *ServerService) Server() *Server { return s.srv.Load() }
 
-func parseIDs(ids []string) (map[identity.ID]bool, error) {
-	m := map[identity.ID]bool{}
-	for _, v := range ids {
-		id, err := identity.ParseID(v)
-		if err != nil {
-			return nil, fmt.Errorf("%q: %w", v, err)
-		}
-		m[id] = true
-	}
-	return m, nil
-}
-
 // Start implements host.Service.
 func (s *ServerService) Start(ctx context.Context, h host.Handle) error {
 	c := ServerServiceConfig{Listen: ":8090", MaxStreamsPerNode: 10000, HandshakesPerSecond: 100, HandshakeBurst: 200,
@@ -132,11 +121,11 @@ func (s *ServerService) Start(ctx context.Context, h host.Handle) error {
 	if c.ListenTCP != "" && c.ListenTCP != "off" {
 		errs = append(errs, sec.CheckHostPort("listenTCP", c.ListenTCP))
 	}
-	allow, err := parseIDs(c.Allow)
+	allow, err := admission.ParseIDs(c.Allow)
 	if err != nil {
 		errs = append(errs, sec.Errorf("allow", err.Error()))
 	}
-	deny, err := parseIDs(c.Deny)
+	deny, err := admission.ParseIDs(c.Deny)
 	if err != nil {
 		errs = append(errs, sec.Errorf("deny", err.Error()))
 	}
@@ -159,17 +148,11 @@ func (s *ServerService) Start(ctx context.Context, h host.Handle) error {
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
-	admit := func(id identity.ID) error {
-		switch {
-		case deny[id]:
-			return errors.New("node id is on the deny list")
-		case allow[id], c.AdmitAll:
-			return nil
-		case s.reg != nil && s.reg.Registered(id):
-			return nil
-		}
-		return errors.New("node id owns no name here and is not on the allow list")
+	policy := &admission.Policy{Allow: allow, Deny: deny, All: c.AdmitAll, Refusal: "node id owns no name here and is not on the allow list"}
+	if s.reg != nil {
+		policy.Registry = s.reg
 	}
+	admit := policy.Admit
 	store := h.Storage()
 	log := h.Logger()
 	srv := NewServer(h.Identity(), ServerConfig{
