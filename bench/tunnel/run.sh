@@ -79,6 +79,8 @@ start_server() {
 	esac
 	PIDS+=("$SRV_PID")
 	wait_tcp "$ENTRY"
+	# Another system's server on the same port would answer wait_tcp.
+	kill -0 "$SRV_PID" 2>/dev/null || { log "$sys: server exited (port taken?)"; exit 1; }
 }
 
 SYSTEMS=()
@@ -100,8 +102,11 @@ done
 
 # Phase 2: one server and one client per system, then the suite.
 TARGETS=()
+ours_off=0
 for sys in "${SYSTEMS[@]}"; do
-	start_server "$sys" 0
+	off=0
+	case $sys in ours-*) off=$ours_off; ours_off=$((ours_off + 5)) ;; esac # each of our modes its own server
+	start_server "$sys" "$off"
 	"${CLI[@]}" -n 1 -watch-stdin=false > "$OUT/$sys-client.out" & CPID=$!; PIDS+=("$CPID")
 	for _ in $(seq 100); do grep -q '^up 1' "$OUT/$sys-client.out" 2>/dev/null && break; sleep 0.1; done
 	grep -q '^up 1' "$OUT/$sys-client.out" || { log "$sys: client not up"; exit 1; }
