@@ -3,16 +3,14 @@ package circuit_test
 import (
 	"context"
 	"fmt"
-	"io"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/elacity/pc2/core/config"
 	"github.com/elacity/pc2/core/host"
+	"github.com/elacity/pc2/core/host/hosttest"
 	"github.com/elacity/pc2/core/identity"
 	"github.com/elacity/pc2/relay/circuit"
 )
@@ -21,38 +19,7 @@ import (
 // or the start error.
 func runHost(t *testing.T, cfgBody string, role config.Role, svc host.Service) (host.Info, error) {
 	t.Helper()
-	p := filepath.Join(t.TempDir(), "pc2.yaml")
-	if err := os.WriteFile(p, []byte(cfgBody), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := config.Load(p, role, true, []string{svc.Name()})
-	if err != nil {
-		return host.Info{}, err
-	}
-	cfg.DataDir = t.TempDir()
-	h, err := host.New(host.Options{Config: cfg, Services: []host.Service{svc}, Log: io.Discard})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	ready, done := make(chan host.Info, 1), make(chan error, 1)
-	go func() { done <- h.Run(ctx, func(i host.Info) { ready <- i }) }()
-	select {
-	case info := <-ready:
-		t.Cleanup(func() {
-			cancel()
-			if err := <-done; err != nil {
-				t.Errorf("host stop: %v", err)
-			}
-		})
-		return info, nil
-	case err := <-done:
-		cancel()
-		return host.Info{}, err
-	case <-time.After(20 * time.Second):
-		t.Fatal("host not ready")
-	}
-	return host.Info{}, nil
+	return hosttest.Run(t, cfgBody, role, nil, svc)
 }
 
 // TestServiceOnNode: a node runs the relay only when enabled; then peers

@@ -3,9 +3,6 @@ package tunnel
 import (
 	"context"
 	"fmt"
-	"io"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -13,6 +10,7 @@ import (
 
 	"github.com/elacity/pc2/core/config"
 	"github.com/elacity/pc2/core/host"
+	"github.com/elacity/pc2/core/host/hosttest"
 	"github.com/elacity/pc2/core/identity"
 )
 
@@ -37,42 +35,7 @@ func (r *fakeRegistry) add(id identity.ID) {
 // the start error.
 func runHost(t *testing.T, cfgBody string, role config.Role, svcs ...host.Service) (host.Info, error) {
 	t.Helper()
-	p := filepath.Join(t.TempDir(), "pc2.yaml")
-	if err := os.WriteFile(p, []byte(cfgBody), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	var sections []string
-	for _, s := range svcs {
-		sections = append(sections, s.Name())
-	}
-	cfg, err := config.Load(p, role, true, sections)
-	if err != nil {
-		return host.Info{}, err
-	}
-	cfg.DataDir = t.TempDir()
-	h, err := host.New(host.Options{Config: cfg, Services: svcs, Log: io.Discard})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	ready, done := make(chan host.Info, 1), make(chan error, 1)
-	go func() { done <- h.Run(ctx, func(i host.Info) { ready <- i }) }()
-	select {
-	case info := <-ready:
-		t.Cleanup(func() {
-			cancel()
-			if err := <-done; err != nil {
-				t.Errorf("host stop: %v", err)
-			}
-		})
-		return info, nil
-	case err := <-done:
-		cancel()
-		return host.Info{}, err
-	case <-time.After(20 * time.Second):
-		t.Fatal("host not ready")
-	}
-	return host.Info{}, nil
+	return hosttest.Run(t, cfgBody, role, nil, svcs...)
 }
 
 func nodeConfig(info host.Info, echo string) string {

@@ -22,6 +22,7 @@ import (
 	"github.com/elacity/pc2/core/clock"
 	"github.com/elacity/pc2/core/config"
 	"github.com/elacity/pc2/core/host"
+	"github.com/elacity/pc2/core/host/hosttest"
 	"github.com/elacity/pc2/core/identity"
 	"github.com/elacity/pc2/gateway/dns"
 	"github.com/elacity/pc2/gateway/httproute"
@@ -41,37 +42,11 @@ func writeConfig(t *testing.T, body string) string {
 // runHost starts a host and returns its Info; the host stops at cleanup.
 func runHost(t *testing.T, cfgBody string, role config.Role, clk clock.Clock, svcs ...host.Service) host.Info {
 	t.Helper()
-	var sections []string
-	for _, s := range svcs {
-		sections = append(sections, s.Name())
-	}
-	cfg, err := config.Load(writeConfig(t, cfgBody), role, true, sections)
+	info, err := hosttest.Run(t, cfgBody, role, clk, svcs...)
 	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.DataDir = t.TempDir()
-	h, err := host.New(host.Options{Config: cfg, Services: svcs, Log: io.Discard, Clock: clk})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	ready, done := make(chan host.Info, 1), make(chan error, 1)
-	go func() { done <- h.Run(ctx, func(i host.Info) { ready <- i }) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("host stop: %v", err)
-		}
-	})
-	select {
-	case info := <-ready:
-		return info
-	case err := <-done:
 		t.Fatalf("host failed: %v", err)
-	case <-time.After(20 * time.Second):
-		t.Fatal("host not ready")
 	}
-	return host.Info{}
+	return info
 }
 
 func eventually(t *testing.T, what string, cond func() bool) {
