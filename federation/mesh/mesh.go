@@ -273,14 +273,9 @@ func (m *Mesh) Discovered(id identity.ID, a Announcement) {
 func (m *Mesh) acceptLoop() {
 	defer m.wg.Done()
 	for {
-		conn, err := m.ln.Accept(context.Background())
+		conn, id, err := quicid.Accept(context.Background(), m.ln)
 		if err != nil {
 			return
-		}
-		id, err := quicid.PeerIDFromState(conn.ConnectionState().TLS)
-		if err != nil {
-			conn.CloseWithError(1, "no node id")
-			continue
 		}
 		m.attach(id, conn, id)
 	}

@@ -289,14 +289,9 @@ func addrPortOf(a net.Addr) (netip.AddrPort, bool) {
 func (s *Server) acceptLoop() {
 	defer s.wg.Done()
 	for {
-		conn, err := s.ln.Accept(context.Background())
+		conn, id, err := quicid.Accept(context.Background(), s.ln)
 		if err != nil {
 			return
-		}
-		id, err := quicid.PeerIDFromState(conn.ConnectionState().TLS)
-		if err != nil {
-			conn.CloseWithError(1, "no node id")
-			continue
 		}
 		addr, ok := addrPortOf(conn.RemoteAddr())
 		if !ok {

@@ -204,14 +204,9 @@ func (s *Server) admit(id identity.ID) error {
 func (s *Server) acceptLoop() {
 	defer s.wg.Done()
 	for {
-		conn, err := s.ln.Accept(context.Background())
+		conn, id, err := quicid.Accept(context.Background(), s.ln)
 		if err != nil {
 			return
-		}
-		id, err := quicid.PeerIDFromState(conn.ConnectionState().TLS)
-		if err != nil {
-			conn.CloseWithError(1, "no node id")
-			continue
 		}
 		// Admission is settled: tell the node (a TLS 1.3 client finishes
 		// its handshake before the server has checked its certificate).

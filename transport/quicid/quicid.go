@@ -13,6 +13,7 @@
 package quicid
 
 import (
+	"context"
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/sha256"
@@ -166,5 +167,23 @@ func Config(maxStreams int64, idle time.Duration) *quic.Config {
 		MaxConnectionReceiveWindow:     64 << 20,
 		MaxIncomingStreams:             maxStreams,
 		MaxIncomingUniStreams:          -1,
+	}
+}
+
+// Accept returns the next connection on ln whose peer proved a node key,
+// with that node's id; a connection without one is closed and skipped.
+// The error is ln's (it is closed, or ctx ended).
+func Accept(ctx context.Context, ln *quic.Listener) (*quic.Conn, identity.ID, error) {
+	for {
+		conn, err := ln.Accept(ctx)
+		if err != nil {
+			return nil, identity.ID{}, err
+		}
+		id, err := PeerIDFromState(conn.ConnectionState().TLS)
+		if err != nil {
+			conn.CloseWithError(1, "no node id")
+			continue
+		}
+		return conn, id, nil
 	}
 }

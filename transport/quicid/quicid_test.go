@@ -1,6 +1,7 @@
 package quicid
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/elacity/pc2/core/identity"
+	"github.com/quic-go/quic-go"
 )
 
 func key(t *testing.T) *identity.KeyPair {
@@ -184,5 +186,37 @@ func TestNoResumption(t *testing.T) {
 	}
 	if admits != 2 {
 		t.Fatalf("admit ran %d times, want 2", admits)
+	}
+}
+
+// TestAccept: Accept hands over a QUIC connection with the peer's proven
+// id, and reports the listener's end.
+func TestAccept(t *testing.T) {
+	srv, cli := key(t), key(t)
+	sc, _ := ServerConfig(srv, "x/1", nil)
+	cc, _ := ClientConfig(cli, "x/1", srv.ID())
+	ln, err := quic.ListenAddr("127.0.0.1:0", sc, Config(10, 5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	go func() {
+		conn, err := quic.DialAddr(ctx, ln.Addr().String(), cc, Config(10, 5*time.Second))
+		if err == nil {
+			<-conn.Context().Done()
+		}
+	}()
+	conn, id, err := Accept(ctx, ln)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id != cli.ID() {
+		t.Fatalf("Accept gave id %v, want %v", id, cli.ID())
+	}
+	conn.CloseWithError(0, "")
+	ln.Close()
+	if _, _, err := Accept(ctx, ln); err == nil {
+		t.Fatal("Accept on a closed listener returned no error")
 	}
 }
