@@ -150,6 +150,7 @@ type loop struct {
 	pendingN  atomic.Int32    // published l.hello.n
 	evictReq  atomic.Int32    // evictions asked by other loops
 	askedAt   int64           // when this loop last asked another to evict
+	asked     *loop           // the loop it asked
 	count     atomic.Int32    // connections owned
 
 	inboxMu sync.Mutex
@@ -441,13 +442,19 @@ func (l *loop) expire() {
 			l.close(c)
 		}
 	}
-	for n := l.evictReq.Swap(0); n > 0; n-- {
+	// Each request is counted down only after its eviction has freed the
+	// slot, so that the asking loop, which waits for the count to reach
+	// zero, never sees neither room nor an outstanding request (and asks
+	// twice for one connection).
+	for l.evictReq.Load() > 0 {
 		c := l.hello.head
 		if c == nil || l.now-c.t < int64(l.s.evictAge) {
+			l.evictReq.Store(0) // nothing to give; askers retry
 			break
 		}
 		m.PendingEvicted.Inc()
 		l.close(c)
+		l.evictReq.Add(-1)
 	}
 	if !l.lnOn && l.now >= l.retry {
 		if l.room() {
@@ -599,8 +606,11 @@ func (l *loop) takeInbox() {
 // askEviction asks the loop with the most pending hellos to evict its
 // oldest one, when this loop has none old enough.
 func (l *loop) askEviction() {
-	if l.now-l.askedAt < int64(100*time.Millisecond) {
+	if l.asked != nil && l.asked.evictReq.Load() > 0 {
 		return // the last request is still being served
+	}
+	if l.now-l.askedAt < int64(100*time.Millisecond) {
+		return // served, and its slot perhaps taken by another loop: not too often
 	}
 	l.askedAt = l.now
 	var best *loop
@@ -609,6 +619,7 @@ func (l *loop) askEviction() {
 			best = p
 		}
 	}
+	l.asked = best
 	if best != nil {
 		best.evictReq.Add(1)
 		best.wake()
