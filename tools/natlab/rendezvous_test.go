@@ -109,4 +109,3 @@ func TestRendezvousReflect(t *testing.T) {
 		t.Fatalf("reflector said %q (%v), local %v", line, err, c.LocalAddr())
 	}
 }
-
