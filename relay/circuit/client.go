@@ -137,6 +137,10 @@ func Dial(ctx context.Context, tr *quic.Transport, w PacketWriter, kp *identity.
 // Relay returns the relay's address.
 func (c *Client) Relay() netip.AddrPort { return c.relay }
 
+// Done is closed when the control connection has ended (and with it the
+// reservation and every session): the client is then of no more use.
+func (c *Client) Done() <-chan struct{} { return c.conn.Context().Done() }
+
 // PacketConn returns the connection on which to run a quic.Transport whose
 // connections go through the relay (TestRelayedQUIC shows both ends).
 func (c *Client) PacketConn() *PacketConn { return c.pc }
