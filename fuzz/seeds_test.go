@@ -23,6 +23,7 @@ func TestWriteSeedCorpus(t *testing.T) {
 		"FuzzTunnelDatagram":    tunnelDatagramSeeds(),
 		"FuzzMeshFrame":         meshFrameSeeds(),
 		"FuzzMeshForwardHeader": meshForwardSeeds(),
+		"FuzzPeerStreamHeader":  peerHeaderSeeds(),
 	}
 	for name, seeds := range targets {
 		dir := filepath.Join("testdata", "fuzz", name)
