@@ -24,6 +24,7 @@ func TestWriteSeedCorpus(t *testing.T) {
 		"FuzzMeshFrame":         meshFrameSeeds(),
 		"FuzzMeshForwardHeader": meshForwardSeeds(),
 		"FuzzPeerStreamHeader":  peerHeaderSeeds(),
+		"FuzzPeerRecord":        peerRecordSeeds(),
 	}
 	for name, seeds := range targets {
 		dir := filepath.Join("testdata", "fuzz", name)
