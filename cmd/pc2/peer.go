@@ -281,8 +281,9 @@ the socket's reflexive address to punch with (needed behind NAT).`,
 				}
 			}
 			st := e.Stats()
-			say("%d echoes, %d bytes, all intact; median rtt %v; datagrams direct %d/%d, relayed %d/%d (sent/received)\n",
-				n, bytesOK, median(rtts).Round(time.Microsecond), st.SentDirect, st.RecvDirect, st.SentRelay, st.RecvRelay)
+			say("%d echoes, %d bytes, all intact; rtt median %v max %v; datagrams direct %d/%d, relayed %d/%d (sent/received)\n",
+				n, bytesOK, median(rtts).Round(time.Microsecond), slices.Max(append(rtts, 0)).Round(time.Microsecond),
+				st.SentDirect, st.RecvDirect, st.SentRelay, st.RecvRelay)
 			return nil
 		},
 	}
