@@ -78,7 +78,9 @@ type lab struct {
 	resolver *staticResolver
 }
 
-func newLab(t *testing.T) *lab {
+func newLab(t *testing.T) *lab { return newLabB(t) }
+
+func newLabB(t testing.TB) *lab {
 	t.Helper()
 	kp := newKey(t)
 	srv := circuit.NewServer(kp, circuit.Config{})
@@ -96,7 +98,9 @@ type node struct {
 	mux *udpmux.Mux
 }
 
-func (l *lab) node(t *testing.T, mod func(*peer.Config)) *node {
+func (l *lab) node(t *testing.T, mod func(*peer.Config)) *node { return l.nodeB(t, mod) }
+
+func (l *lab) nodeB(t testing.TB, mod func(*peer.Config)) *node {
 	t.Helper()
 	kp := newKey(t)
 	mux, err := udpmux.Listen("udp4", "127.0.0.1:0", udpmux.Options{})
