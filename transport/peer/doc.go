@@ -43,10 +43,13 @@
 // socket. A side whose punch succeeds sends direct from then on.
 //
 // A direct route is declared dead when a packet sent on it has had no
-// answer on it for DeadAfter (1 s), or when the peer's packets arrive
+// answer on it for DeadAfter (500 ms), or when the peer's packets arrive
 // through the relay although nothing came direct for a while (the peer has
 // fallen back). The route falls back to the relay (a new session if the old
-// one ended) and QUIC retransmits what was lost, so no stream byte is lost;
+// one ended), a few empty QUIC datagrams go out on it so that their
+// acknowledgements make QUIC declare the packets of the dead path lost and
+// retransmit them at once (instead of at its backed-off probe timeout), and
+// no stream byte is lost;
 // the dialing side then retries the punch with backoff (2 s doubling to
 // 60 s) and upgrades again when it succeeds. Idle connections send one QUIC
 // keep-alive per 25 s, which holds the NAT mapping of the path in use; the

@@ -72,7 +72,9 @@ type Config struct {
 	OnEvent func(Event)
 	Logger  *slog.Logger
 	// DeadAfter: a direct datagram unanswered this long ends the direct
-	// path (1 s). KeepAlive is the idle keep-alive period (25 s).
+	// path (500 ms: QUIC's probe timeout doubles while the path is dead,
+	// so an earlier verdict means an earlier retransmission through the
+	// relay). KeepAlive is the idle keep-alive period (25 s).
 	DeadAfter, KeepAlive time.Duration
 	// RetryMin and RetryMax bound the backoff between punch attempts while
 	// on the relay (2 s, 60 s).
@@ -90,7 +92,7 @@ func (c *Config) defaults() {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	if c.DeadAfter <= 0 {
-		c.DeadAfter = time.Second
+		c.DeadAfter = 500 * time.Millisecond
 	}
 	if c.KeepAlive <= 0 {
 		c.KeepAlive = 25 * time.Second
@@ -176,6 +178,7 @@ func New(cfg Config) (*Endpoint, error) {
 	qc := quicid.Config(cfg.MaxStreams, 2*cfg.KeepAlive+10*time.Second)
 	qc.InitialPacketSize = 1280
 	qc.DisablePathMTUDiscovery = true
+	qc.EnableDatagrams = true // the nudge after a path change (see fallBack)
 	lqc := qc.Clone()
 	qc.KeepAlivePeriod = cfg.KeepAlive
 	e.qc = qc
@@ -792,6 +795,21 @@ func (e *Endpoint) fallBack(r *route, why string) {
 		select {
 		case pc.kick <- struct{}{}:
 		default:
+		}
+		nudge(pc.qc)
+	}
+}
+
+// nudge makes QUIC resend at once what the dead path lost: a few new
+// ack-eliciting packets (empty datagrams, which the peer discards) go out
+// on the new route, and their acknowledgements let loss detection declare
+// the older packets lost by packet threshold and retransmit them, instead
+// of waiting for a probe timeout that has backed off to seconds while the
+// dead path was being detected.
+func nudge(qc *quic.Conn) {
+	for range 3 {
+		if err := qc.SendDatagram(nil); err != nil {
+			return
 		}
 	}
 }
