@@ -7,7 +7,6 @@ import (
 	"crypto/rand"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -29,15 +28,7 @@ import (
 // untouched): the stream must continue through the relay within 3 s with
 // no byte lost; when the rule goes, it must return to direct.
 func TestPeerNATLab(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: builds network namespaces (NAT lab)")
-	}
-	if err := natlab.CheckDeps(false); err != nil {
-		t.Skipf("NAT lab dependencies missing (pc2 natlab install-deps): %v", err)
-	}
-	if _, err := exec.LookPath("conntrack"); err != nil {
-		t.Skip("needs conntrack (tools/install-deps.sh)")
-	}
+	needNATLab(t, false, "conntrack")
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	prc, err := natlab.ParseNATSpec("prc")

@@ -573,6 +573,13 @@ func (e *Endpoint) acceptLoop() {
 		if err != nil {
 			return
 		}
+		// The packets came through a route the relay named (its session's
+		// peer id): it must be the id the handshake proved, or a relay could
+		// file one node's connection under another's route.
+		if a, ok := qconn.RemoteAddr().(*Addr); !ok || a.ID != id {
+			qconn.CloseWithError(1, "peer id differs from the route's")
+			continue
+		}
 		r := e.pc.route(id)
 		pc := &peerConn{qc: qconn, id: id, r: r, kick: make(chan struct{}, 1)}
 		e.add(pc)

@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/elacity/pc2/core/deadline"
 	"github.com/elacity/pc2/core/identity"
 	"github.com/elacity/pc2/relay/circuit"
 	"github.com/elacity/pc2/transport/udpmux"
@@ -119,7 +120,7 @@ type pathConn struct {
 
 	closed chan struct{}
 	once   sync.Once
-	dl     deadline
+	dl     *deadline.Deadline
 
 	// Counters.
 	dropUnknown, dropQueue, dropNoRoute atomic.Uint64
@@ -142,7 +143,7 @@ func newPathConn(mux *udpmux.Mux, queue int) *pathConn {
 		routes: map[identity.ID]*route{},
 		byAddr: map[netip.AddrPort]*route{},
 		closed: make(chan struct{}),
-		dl:     newDeadline(),
+		dl:     deadline.New(),
 	}
 }
 
@@ -304,7 +305,7 @@ func (c *pathConn) ReadFrom(b []byte) (int, net.Addr, error) {
 		return n, p.from, nil
 	case <-c.closed:
 		return 0, nil, net.ErrClosed
-	case <-c.dl.wait():
+	case <-c.dl.Wait():
 		return 0, nil, os.ErrDeadlineExceeded
 	}
 }
@@ -367,10 +368,10 @@ func (c *pathConn) Close() error {
 func (c *pathConn) LocalAddr() net.Addr { return net.UDPAddrFromAddrPort(c.mux.LocalAddr()) }
 
 // SetDeadline implements net.PacketConn (reads only).
-func (c *pathConn) SetDeadline(t time.Time) error { return c.dl.set(t) }
+func (c *pathConn) SetDeadline(t time.Time) error { return c.dl.Set(t) }
 
 // SetReadDeadline implements net.PacketConn.
-func (c *pathConn) SetReadDeadline(t time.Time) error { return c.dl.set(t) }
+func (c *pathConn) SetReadDeadline(t time.Time) error { return c.dl.Set(t) }
 
 // SetWriteDeadline implements net.PacketConn; writes never block.
 func (c *pathConn) SetWriteDeadline(time.Time) error { return nil }
@@ -380,47 +381,3 @@ func (c *pathConn) SetReadBuffer(int) error { return nil }
 
 // SetWriteBuffer: see SetReadBuffer.
 func (c *pathConn) SetWriteBuffer(int) error { return nil }
-
-// deadline is a read deadline for a channel-fed reader: wait returns a
-// channel closed once the deadline has passed.
-type deadline struct {
-	mu    *sync.Mutex
-	ch    *chan struct{}
-	timer **time.Timer
-}
-
-func newDeadline() deadline {
-	ch := make(chan struct{})
-	var t *time.Timer
-	return deadline{mu: &sync.Mutex{}, ch: &ch, timer: &t}
-}
-
-func (d deadline) wait() <-chan struct{} {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return *d.ch
-}
-
-func (d deadline) set(t time.Time) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if *d.timer != nil {
-		(*d.timer).Stop()
-		*d.timer = nil
-	}
-	select {
-	case <-*d.ch:
-		*d.ch = make(chan struct{})
-	default:
-	}
-	if t.IsZero() {
-		return nil
-	}
-	ch := *d.ch
-	if dur := time.Until(t); dur > 0 {
-		*d.timer = time.AfterFunc(dur, func() { close(ch) })
-	} else {
-		close(ch)
-	}
-	return nil
-}

@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/elacity/pc2/core/deadline"
 	"github.com/elacity/pc2/transport/punch"
 	"github.com/elacity/pc2/transport/udpmux"
 )
@@ -55,7 +56,7 @@ func (v *punchViews) open(attempt [8]byte) *punchView {
 	if len(v.m) >= maxAttempts || v.m[attempt] != nil {
 		return nil
 	}
-	pv := &punchView{views: v, attempt: attempt, in: make(chan punchPacket, 64), dl: newDeadline()}
+	pv := &punchView{views: v, attempt: attempt, in: make(chan punchPacket, 64), dl: deadline.New()}
 	v.m[attempt] = pv
 	return pv
 }
@@ -70,7 +71,7 @@ type punchView struct {
 	views   *punchViews
 	attempt [8]byte
 	in      chan punchPacket
-	dl      deadline
+	dl      *deadline.Deadline
 }
 
 func (p *punchView) close() {
@@ -86,7 +87,7 @@ func (p *punchView) ReadFrom(b []byte) (int, net.Addr, error) {
 		n := copy(b, *k.buf)
 		bufPool.Put(k.buf)
 		return n, net.UDPAddrFromAddrPort(k.from), nil
-	case <-p.dl.wait():
+	case <-p.dl.Wait():
 		return 0, nil, os.ErrDeadlineExceeded
 	}
 }
@@ -107,7 +108,7 @@ func (p *punchView) WriteTo(b []byte, addr net.Addr) (int, error) {
 }
 
 // SetReadDeadline implements punch.PacketConn.
-func (p *punchView) SetReadDeadline(t time.Time) error { return p.dl.set(t) }
+func (p *punchView) SetReadDeadline(t time.Time) error { return p.dl.Set(t) }
 
 // LocalAddr implements punch.PacketConn.
 func (p *punchView) LocalAddr() net.Addr { return net.UDPAddrFromAddrPort(p.views.mux.LocalAddr()) }
