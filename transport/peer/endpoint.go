@@ -2,6 +2,7 @@ package peer
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -10,11 +11,13 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
 
 	"github.com/elacity/pc2/core/identity"
+	"github.com/elacity/pc2/core/ratelimit"
 	"github.com/elacity/pc2/relay/circuit"
 	"github.com/elacity/pc2/transport/punch"
 	"github.com/elacity/pc2/transport/quicid"
@@ -111,6 +114,11 @@ func (c *Config) defaults() {
 	}
 }
 
+// handshakesPerSecond bounds new incoming connections over all peers.
+const handshakesPerSecond = 50
+
+var errHandshakeRate = errors.New("peer: too many handshakes")
+
 // Endpoint is a node's peer-to-peer side: its connections to other nodes,
 // their paths, and the protocols it listens for.
 type Endpoint struct {
@@ -131,6 +139,7 @@ type Endpoint struct {
 	dialing   map[identity.ID]chan struct{}
 	listeners map[string]*Listener
 	reserved  map[netip.AddrPort]bool
+	refused   atomic.Uint64 // handshakes over a rate
 	closed    bool
 }
 
@@ -186,6 +195,18 @@ func New(cfg Config) (*Endpoint, error) {
 	if err != nil {
 		cancel()
 		return nil, err
+	}
+	// Handshakes are bounded on the ClientHello, before any signature:
+	// overall and per claimed peer (the virtual address names it).
+	hsAll := ratelimit.New[int](handshakesPerSecond, 2*handshakesPerSecond, 1)
+	hsPeer := ratelimit.New[string](1, 4, 4096)
+	tlsConf.GetConfigForClient = func(chi *tls.ClientHelloInfo) (*tls.Config, error) {
+		now := time.Now()
+		if chi.Conn != nil && !hsPeer.Allow(chi.Conn.RemoteAddr().String(), now) || !hsAll.Allow(0, now) {
+			e.refused.Add(1)
+			return nil, errHandshakeRate
+		}
+		return nil, nil
 	}
 	if e.ln, err = e.tr.Listen(tlsConf, lqc); err != nil {
 		cancel()
@@ -265,6 +286,8 @@ type Stats struct {
 	SentDirect, SentRelay, RecvDirect, RecvRelay uint64
 	// Dropped: from unknown sources, with a full queue, without a route.
 	DropUnknown, DropQueue, DropNoRoute uint64
+	// RefusedHandshakes were over the handshake rate.
+	RefusedHandshakes uint64
 }
 
 // Stats returns the counters.
@@ -274,6 +297,7 @@ func (e *Endpoint) Stats() Stats {
 		SentDirect: c.sentDirect.Load(), SentRelay: c.sentRelay.Load(),
 		RecvDirect: c.recvDirect.Load(), RecvRelay: c.recvRelay.Load(),
 		DropUnknown: c.dropUnknown.Load(), DropQueue: c.dropQueue.Load(), DropNoRoute: c.dropNoRoute.Load(),
+		RefusedHandshakes: e.refused.Load(),
 	}
 }
 

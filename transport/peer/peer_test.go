@@ -377,3 +377,39 @@ func TestIdleKeepAlive(t *testing.T) {
 		t.Fatalf("%d packets in %v idle, want ≤ %d", sent, window, max)
 	}
 }
+
+// TestHandshakeRate: one peer id opening connection after connection is
+// refused beyond its handshake budget (1/s, burst 4), on the ClientHello.
+func TestHandshakeRate(t *testing.T) {
+	l := newLab(t)
+	b := l.node(t, nil)
+	serveEcho(t, b, "echo")
+	kp := newKey(t)
+	ok, refused := 0, 0
+	for range 8 {
+		mux, err := udpmux.Listen("udp4", "127.0.0.1:0", udpmux.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		e, err := peer.New(peer.Config{Key: kp, Mux: mux, Resolver: l.resolver})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		s, err := e.Dial(ctx, b.e.ID(), "echo")
+		cancel()
+		if err == nil {
+			ok++
+			s.Close()
+		} else {
+			refused++
+		}
+		e.Close()
+		mux.Close()
+	}
+	got := b.e.Stats().RefusedHandshakes
+	t.Logf("8 connections from one id in a row: %d served, %d failed, %d handshakes refused", ok, refused, got)
+	if ok < 4 || got == 0 || refused == 0 {
+		t.Fatalf("want the first 4 served and later ones refused: %d served, %d refused (%d at the handshake)", ok, refused, got)
+	}
+}
