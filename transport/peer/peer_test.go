@@ -413,3 +413,52 @@ func TestHandshakeRate(t *testing.T) {
 		t.Fatalf("want the first 4 served and later ones refused: %d served, %d refused (%d at the handshake)", ok, refused, got)
 	}
 }
+
+// TestListenerQueue: a listener that does not accept holds at most its
+// queue; the next stream is refused as busy, and after Close the protocol
+// is not served.
+func TestListenerQueue(t *testing.T) {
+	l := newLab(t)
+	a, b := l.node(t, nil), l.node(t, nil)
+	ln, err := b.e.Listen("slow")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var held []*peer.Stream
+	defer func() {
+		for _, s := range held {
+			s.Close()
+		}
+	}()
+	for i := 0; ; i++ {
+		s, err := a.e.Dial(ctx, b.e.ID(), "slow")
+		if errors.Is(err, peer.ErrBusy) {
+			if i != 64 {
+				t.Fatalf("busy after %d queued streams, want 64", i)
+			}
+			break
+		}
+		if err != nil {
+			t.Fatalf("stream %d: %v", i, err)
+		}
+		held = append(held, s)
+		if i > 64 {
+			t.Fatal("the queue took more than 64 streams")
+		}
+	}
+	// Accepting one makes room for one.
+	if _, err := ln.AcceptStream(ctx); err != nil {
+		t.Fatal(err)
+	}
+	s, err := a.e.Dial(ctx, b.e.ID(), "slow")
+	if err != nil {
+		t.Fatalf("after an accept: %v", err)
+	}
+	held = append(held, s)
+	ln.Close()
+	if _, err := a.e.Dial(ctx, b.e.ID(), "slow"); !errors.Is(err, peer.ErrNoProtocol) {
+		t.Fatalf("after Close: %v, want ErrNoProtocol", err)
+	}
+}
