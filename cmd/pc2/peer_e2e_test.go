@@ -71,4 +71,14 @@ peer:
 	if !strings.Contains(out, "15 echoes, 15000 bytes, all intact") {
 		t.Errorf("not every echo came back intact")
 	}
+	// Without the DHT: told which relay holds bob's reservation.
+	r = pc2(t, "", "peer", "ping", bob, "--via", relay, "--listen", "127.0.0.1:0", "--count", "3", "--interval", "50ms")
+	if r.code != 0 || !strings.Contains(r.stdout, "3 echoes") || !strings.Contains(r.stdout, "over relay") {
+		t.Errorf("peer ping --via: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	// A node that does not exist: a clear error, not a hang.
+	r = pc2(t, "", "peer", "ping", "8ERQVdG5xogEFWVcfPoQFX1ynBV5zBwjqqAF2VPSM3xb", "--dht", dhtBoot, "--timeout", "5s", "--listen", "127.0.0.1:0")
+	if r.code == 0 || !strings.Contains(r.stderr, "no peer record") {
+		t.Errorf("ping to an unknown id: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
 }
