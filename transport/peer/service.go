@@ -125,6 +125,10 @@ func (s *Service) Start(_ context.Context, h host.Handle) error {
 		s.wg.Add(1)
 		go s.serveEcho(ctx, l)
 	}
+	if n := s.dhtNode(); c.Publish && n != nil && len(n.Config().Bootstrap) == 0 && !n.Config().PublicNetwork {
+		h.Logger().Info("peer: no dht.bootstrap, so the peer record is not published; peers need --via or hints to reach this node")
+		c.Publish = false
+	}
 	if c.Publish && s.dht != nil {
 		pub := &directory.Publisher{
 			Node: s.dhtNode, Key: h.Identity(), Now: h.Clock().Now, Logger: h.Logger(),
