@@ -38,7 +38,11 @@ func (d *Deadline) Set(t time.Time) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.timer != nil {
-		d.timer.Stop()
+		if !d.timer.Stop() {
+			// It fired: its func closes the old channel, perhaps only
+			// after the check below, so that channel is done with.
+			d.ch = make(chan struct{})
+		}
 		d.timer = nil
 	}
 	select {

@@ -1,6 +1,7 @@
 package deadline_test
 
 import (
+	"runtime"
 	"testing"
 	"time"
 
@@ -29,9 +30,10 @@ func TestDeadline(t *testing.T) {
 	if passed(d) {
 		t.Fatal("a cleared deadline has passed")
 	}
-	d.Set(time.Now().Add(20 * time.Millisecond))
-	if passed(d) {
-		t.Fatal("a future deadline passed at once")
+	at := time.Now().Add(20 * time.Millisecond)
+	d.Set(at)
+	if passed(d) && time.Now().Before(at) { // a descheduled test may see it pass in time
+		t.Fatal("a future deadline passed before its time")
 	}
 	select {
 	case <-d.Wait():
@@ -48,4 +50,20 @@ func TestDeadline(t *testing.T) {
 	case <-time.After(50 * time.Millisecond):
 	}
 	_ = w
+}
+
+// A deadline moved away just as its timer fires must not pass: the timer's
+// close of the old channel may land after Set has looked at it.
+func TestDeadlineMovedAsItFires(t *testing.T) {
+	d := deadline.New()
+	for i := range 20000 {
+		d.Set(time.Now().Add(time.Duration(i%50) * time.Microsecond))
+		d.Set(time.Now().Add(time.Hour))
+		for range i % 3 {
+			runtime.Gosched()
+		}
+		if passed(d) {
+			t.Fatalf("iteration %d: a deadline an hour away has passed", i)
+		}
+	}
 }
