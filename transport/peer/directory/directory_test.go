@@ -66,3 +66,16 @@ func TestDecodeStrict(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestCheckAge(t *testing.T) {
+	r := testRecord()
+	if err := CheckAge(r, r.Issued.Add(time.Hour), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckAge(r, r.Issued.Add(2*time.Hour+time.Second), 0); !errors.Is(err, ErrExpired) {
+		t.Fatalf("old: %v", err)
+	}
+	if err := CheckAge(r, r.Issued.Add(-6*time.Minute), 0); !errors.Is(err, ErrFuture) {
+		t.Fatalf("future: %v", err)
+	}
+}
