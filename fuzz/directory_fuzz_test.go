@@ -2,36 +2,55 @@ package fuzz
 
 import (
 	"bytes"
+	"errors"
+	"reflect"
 	"testing"
 
 	"github.com/elacity/pc2/core/identity"
 	"github.com/elacity/pc2/transport/peer/directory"
 )
 
-// FuzzPeerRecord decodes untrusted record bytes: no panic, and whatever
-// decodes re-encodes to bytes that decode to the same encoding.
+func peerRecordSeeds() [][]byte {
+	return [][]byte{
+		[]byte(`{"t":1800000000,"nat":"endpoint-independent","udp":["203.0.113.7:4000","[2001:db8::1]:4000"],"relays":[{"id":"HZXXs9LTfNQjrDKvvexRhuMk8TTJhYCfrHwaj3jUzuhZ","addr":"198.51.100.1:39004"}]}`),
+		[]byte(`{"t":1800000000,"hard":true,"tcp":["203.0.113.7:443"],"sn":["HZXXs9LTfNQjrDKvvexRhuMk8TTJhYCfrHwaj3jUzuhZ"]}`),
+		[]byte(`{"t":1800000000,"x":1}`),
+		[]byte(`{"t":1800000000,"udp":["0.0.0.0:1"]}`),
+		[]byte(`{"t":1e30}`),
+		[]byte(`[]`),
+		[]byte(`{"t":1800000000}{"t":1}`),
+		{},
+	}
+}
+
+// FuzzPeerRecord checks the peer record decoder of transport/peer/directory:
+// no panic; a refusal is ErrMalformed; an accepted payload re-encodes to a
+// payload that decodes to the same record (decode → encode → decode stable)
+// and fits the DHT's signed value limit.
 func FuzzPeerRecord(f *testing.F) {
-	f.Add([]byte(`{"t":1800000000,"nat":"endpoint-independent","udp":["203.0.113.5:4000"],"tcp":["[2001:db8::1]:4001"]}`))
-	f.Add([]byte(`{"t":1800000000,"hard":true,"relays":[{"id":"x","addr":"1.2.3.4:5"}]}`))
-	f.Add([]byte(`{"t":1800000000,"x":1}`))
-	var id identity.ID
-	id[0] = 7
+	for _, s := range peerRecordSeeds() {
+		f.Add(s)
+	}
+	id := identity.ID{1, 2, 3}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		r, err := directory.Decode(id, b)
+		r, err := directory.Unmarshal(id, b)
 		if err != nil {
+			if !errors.Is(err, directory.ErrMalformed) {
+				t.Fatalf("refused without ErrMalformed: %v", err)
+			}
 			return
 		}
-		enc, err := r.Encode()
+		enc, err := r.Marshal()
 		if err != nil {
-			t.Fatalf("decoded record does not encode: %v", err)
+			t.Fatalf("accepted record does not re-encode: %v", err)
 		}
-		r2, err := directory.Decode(id, enc)
-		if err != nil {
-			t.Fatalf("re-decode: %v", err)
+		r2, err := directory.Unmarshal(id, enc)
+		if err != nil || !reflect.DeepEqual(r, r2) {
+			t.Fatalf("unstable: %+v → %s → %+v, %v", r, enc, r2, err)
 		}
-		enc2, err := r2.Encode()
-		if err != nil || !bytes.Equal(enc, enc2) {
-			t.Fatalf("unstable: %q vs %q (%v)", enc, enc2, err)
+		enc2, _ := r2.Marshal()
+		if !bytes.Equal(enc, enc2) {
+			t.Fatalf("encoding not canonical after one round: %s vs %s", enc, enc2)
 		}
 	})
 }

@@ -23,6 +23,8 @@ func TestWriteSeedCorpus(t *testing.T) {
 		"FuzzTunnelDatagram":    tunnelDatagramSeeds(),
 		"FuzzMeshFrame":         meshFrameSeeds(),
 		"FuzzMeshForwardHeader": meshForwardSeeds(),
+		"FuzzPeerStreamHeader":  peerHeaderSeeds(),
+		"FuzzPeerRecord":        peerRecordSeeds(),
 	}
 	for name, seeds := range targets {
 		dir := filepath.Join("testdata", "fuzz", name)

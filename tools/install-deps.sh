@@ -13,6 +13,7 @@ declare -A need=(
 	[dig]=bind9-dnsutils
 	[strace]=strace
 	[turnserver]=coturn
+	[conntrack]=conntrack
 )
 
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; }

@@ -95,7 +95,11 @@ func runDevnet(ctx context.Context, std *stdio, dataRoot string, nodes int, time
 	}
 	// The supernode first: alice's tunnel needs its endpoint and id.
 	super := procs[0]
-	if err := super.start(self, filepath.Join(dataRoot, super.name), out); err != nil {
+	superCfg, err := writeDevConfig(filepath.Join(dataRoot, super.name), devSupernodeConfig)
+	if err != nil {
+		return err
+	}
+	if err := super.start(self, filepath.Join(dataRoot, super.name), out, "--config", superCfg); err != nil {
 		return err
 	}
 	if err := wait(super); err != nil {
@@ -111,14 +115,15 @@ func runDevnet(ctx context.Context, std *stdio, dataRoot string, nodes int, time
 	defer demo.Close()
 	for i, p := range procs[1:] {
 		dir := filepath.Join(dataRoot, p.name)
-		var extra []string
+		body := peerConfig(super.info)
 		if i == 0 { // alice serves the demo page through her tunnel
-			cfg, err := writeTunnelConfig(dir, super.info, demo.Addr().String())
-			if err != nil {
-				return err
-			}
-			extra = []string{"--config", cfg}
+			body += tunnelConfig(super.info, demo.Addr().String())
 		}
+		cfg, err := writeDevConfig(dir, body)
+		if err != nil {
+			return err
+		}
+		extra := []string{"--config", cfg}
 		if err := p.start(self, dir, out, extra...); err != nil {
 			return err
 		}
@@ -234,6 +239,11 @@ func printDevnet(w io.Writer, procs []*devProc, dataRoot string) {
 		fmt.Fprintf(&b, "  dig @127.0.0.1 -p %s alice.pc2.localhost +short\n", dnsPort)
 	}
 	fmt.Fprintf(&b, "  curl -s %s | grep ^pc2_\n", super.Metrics)
+	if len(procs) > 2 {
+		bob := procs[2]
+		fmt.Fprintf(&b, "\nNode to node, found by id in the DHT: through the relay first, then direct:\n")
+		fmt.Fprintf(&b, "  %s peer ping %s --dht %s@%s --listen 127.0.0.1:0\n", self, bob.info.ID, super.ID, super.Extra["dht.udp4"])
+	}
 	fmt.Fprintf(&b, "\nPress Ctrl-C to stop.\n\n")
 	w.Write(b.Bytes())
 }
@@ -299,14 +309,33 @@ func startDemoSite() (net.Listener, error) {
 	return ln, nil
 }
 
-// writeTunnelConfig writes alice's node config: register
-// alice.pc2.localhost and serve it through a tunnel to the supernode.
-func writeTunnelConfig(dir string, super host.Info, site string) (string, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return "", err
-	}
-	body := fmt.Sprintf(`# written by pc2 devnet
-names:
+// devSupernodeConfig lets every devnet node use the supernode's relay
+// (by default it admits registered nodes only).
+const devSupernodeConfig = `# written by pc2 devnet
+relay:
+  admitAll: true
+`
+
+// peerConfig makes a node reachable by id: reserved at the supernode's
+// relay, its record in the supernode's DHT, answering pc2/echo.
+func peerConfig(super host.Info) string {
+	return fmt.Sprintf(`# written by pc2 devnet
+nat:
+  listen: 127.0.0.1:0
+  stun: [%s]
+  classify: false
+dht:
+  bootstrap: [%s@%s]
+peer:
+  relays: [%s@%s]
+  echo: true
+`, super.Extra["stun.listen"], super.ID, super.Extra["dht.udp4"], super.ID, super.Extra["relay.listen"])
+}
+
+// tunnelConfig is alice's part: register alice.pc2.localhost and serve it
+// through a tunnel to the supernode.
+func tunnelConfig(super host.Info, site string) string {
+	return fmt.Sprintf(`names:
   registry: %s
   names:
     - name: alice.pc2.localhost
@@ -318,6 +347,12 @@ tunnel-client:
     - name: https
       addr: %s
 `, super.Extra["registry.api"], super.Extra["tunnel.listen"], super.ID, site)
+}
+
+func writeDevConfig(dir, body string) (string, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", err
+	}
 	p := filepath.Join(dir, "devnet.yaml")
 	return p, os.WriteFile(p, []byte(body), 0o600)
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/elacity/pc2/relay/circuit"
 	"github.com/elacity/pc2/relay/tunnel"
 	"github.com/elacity/pc2/transport/nat"
+	"github.com/elacity/pc2/transport/peer"
 	"github.com/elacity/pc2/transport/stun"
 )
 
@@ -34,6 +35,7 @@ func TestConfigExamplesLoad(t *testing.T) {
 		"stun":          func() any { c := stun.DefaultServiceConfig(false); return &c },
 		"nat":           func() any { c := nat.DefaultConfig(false); return &c },
 		"mesh":          func() any { c := fedmesh.DefaultConfig(false); return &c },
+		"peer":          func() any { return &peer.ServiceConfig{} },
 	}
 	for file, r := range map[string]role{"supernode.yaml": roleSupernode, "node.yaml": roleNode} {
 		var sections []string

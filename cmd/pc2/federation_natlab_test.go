@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -30,17 +29,7 @@ import (
 // rejoins by itself; a name claimed at A and B at the same moment ends
 // with one owner on every supernode, and the loser is refused.
 func TestFederationNATLab(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: builds network namespaces (NAT lab)")
-	}
-	if err := natlab.CheckDeps(false); err != nil {
-		t.Skipf("NAT lab dependencies missing (pc2 natlab install-deps): %v", err)
-	}
-	for _, tool := range []string{"curl", "openssl", "dig"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("needs %s", tool)
-		}
-	}
+	needNATLab(t, false, "curl", "openssl", "dig")
 	ctx := context.Background()
 	prc, _ := natlab.ParseNATSpec("prc")
 	sym, _ := natlab.ParseNATSpec("sym")

@@ -51,6 +51,7 @@ func root() *command {
 			devnetCommand(),
 			natlabCommand(),
 			natCommand(),
+			peerCommand(),
 			dhtCommand(),
 			nameCommand(),
 			versionCommand(),

@@ -218,6 +218,7 @@ func TestDevnetStartsAndStopsCleanly(t *testing.T) {
 	}()
 	dids := map[string]bool{}
 	var demoURL string
+	var pingCmd []string
 	timeout := time.After(60 * time.Second)
 	for up := false; !up; {
 		select {
@@ -230,6 +231,9 @@ func TestDevnetStartsAndStopsCleanly(t *testing.T) {
 			}
 			if u := strings.TrimSpace(l); strings.HasPrefix(u, "https://alice.pc2.localhost:") {
 				demoURL = u
+			}
+			if u := strings.Fields(l); len(u) > 2 && u[1] == "peer" && u[2] == "ping" {
+				pingCmd = u[1:]
 			}
 			up = strings.Contains(l, "Press Ctrl-C to stop")
 		case <-timeout:
@@ -254,6 +258,15 @@ func TestDevnetStartsAndStopsCleanly(t *testing.T) {
 			out, err := exec.Command("curl", "-sSk", "--max-time", "3", "--noproxy", "*", "--resolve", hostPort+":127.0.0.1", demoURL).Output()
 			return err == nil && strings.Contains(string(out), "Hello from alice")
 		})
+	}
+	// The node-to-node line it prints works: bob found by id, echoes
+	// through the relay, then direct.
+	if len(pingCmd) == 0 {
+		t.Fatal("devnet printed no pc2 peer ping")
+	}
+	r := pc2(t, "", append(pingCmd, "--count", "8", "--interval", "100ms")...)
+	if r.code != 0 || !strings.Contains(r.stdout, "8 echoes") || !strings.Contains(r.stdout, "path direct") {
+		t.Errorf("%v: exit %d\n%s%s", pingCmd, r.code, r.stdout, r.stderr)
 	}
 	var pids []int
 	for _, n := range []string{"supernode", "alice", "bob"} {

@@ -22,12 +22,7 @@ import (
 // (EIM/APDF) and a port mapping of its shared socket; the mapping is in the
 // router's miniupnpd table while the node runs and gone after it stops.
 func TestNATServiceNATLab(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: builds network namespaces (NAT lab)")
-	}
-	if err := natlab.CheckDeps(true); err != nil {
-		t.Skipf("NAT lab dependencies missing (pc2 natlab install-deps): %v", err)
-	}
+	needNATLab(t, true)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	opts, err := natlab.ParseNATSpec("prc,upnp")

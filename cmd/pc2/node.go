@@ -21,6 +21,7 @@ import (
 	"github.com/elacity/pc2/relay/circuit"
 	"github.com/elacity/pc2/relay/tunnel"
 	"github.com/elacity/pc2/transport/nat"
+	"github.com/elacity/pc2/transport/peer"
 	"github.com/elacity/pc2/transport/stun"
 )
 
@@ -96,12 +97,22 @@ the node's shared UDP socket, finds its reflexive address and NAT class from
 STUN servers (stun: [supernode:3478]) and asks the home gateway for a port
 mapping (PCP, NAT-PMP or UPnP); the tunnel runs on that same socket. With
 "relay: {enabled: true}" (and a public address or port mapping) it also
-relays for other peers (Level 3), under the quotas of that section.`,
+relays for other peers (Level 3), under the quotas of that section. Its
+"peer" section makes it reachable by other nodes by id: it keeps
+reservations at relays (relays: [id@host:port], e.g. a supernode's relay),
+publishes a signed record of its relays and candidates in the DHT (section
+dht, as a client: bootstrap: [id@host:39001]), and connections between
+nodes start on a relay and move to a direct path when a hole punch works
+('pc2 peer ping' shows it; "echo: true" answers it).`,
 	services: func() []host.Service {
 		natSvc := nat.NewService()
 		tun := tunnel.NewClientService()
 		tun.Shared = natSvc.Mux // the tunnel uses the socket whose NAT mapping nat discovers
-		return []host.Service{natSvc, client.NewService(), tun, circuit.NewService(nil, false)}
+		// A node takes part in the DHT as a client: it publishes its peer
+		// record and looks others up, but is not in routing tables.
+		dht := dhtnode.NewService()
+		dht.Defaults = func(c *dhtnode.Config) { c.Port, c.Client = 0, true }
+		return []host.Service{natSvc, dht, client.NewService(), tun, circuit.NewService(nil, false), peer.NewService(natSvc, dht)}
 	},
 }
 

@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -38,17 +37,7 @@ import (
 // node; after kill -9 and restart of the supernode (20 times) both are
 // served again, p95 within 2 s of the new supernode listening.
 func TestTunnelNATLab(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: builds network namespaces (NAT lab)")
-	}
-	if err := natlab.CheckDeps(false); err != nil {
-		t.Skipf("NAT lab dependencies missing (pc2 natlab install-deps): %v", err)
-	}
-	for _, tool := range []string{"curl", "openssl"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("needs %s", tool)
-		}
-	}
+	needNATLab(t, false, "curl", "openssl")
 	ctx := context.Background()
 	prc, err := natlab.ParseNATSpec("prc")
 	if err != nil {

@@ -337,6 +337,8 @@ func TestFloodDoesNotDelayLookups(t *testing.T) {
 		}
 		cs = append(cs, c)
 	}
+	var errMu sync.Mutex
+	var errs []error // the failed lookups' errors, reported on failure
 	measure := func(ds *[]time.Duration) {
 		var mu sync.Mutex
 		var wg sync.WaitGroup
@@ -355,6 +357,9 @@ func TestFloodDoesNotDelayLookups(t *testing.T) {
 					d := time.Since(t0)
 					if err1 != nil || err2 != nil {
 						d = time.Hour // counted as a failure, not dropped
+						errMu.Lock()
+						errs = append(errs, fmt.Errorf("direct: %v; iterative: %v", err1, err2))
+						errMu.Unlock()
 					}
 					mu.Lock()
 					*ds = append(*ds, d)
@@ -428,7 +433,7 @@ func TestFloodDoesNotDelayLookups(t *testing.T) {
 		len(flooded), sent, rate, p(flooded, .5), p(flooded, .9), p(flooded, .99))
 	t.Logf("victim: %s", metricLines(victim, "drops_total"))
 	if p(base, .99) >= time.Hour || p(flooded, .99) >= time.Hour {
-		t.Fatal("lookups failed")
+		t.Fatalf("lookups failed: %v", errs)
 	}
 	if raceEnabled {
 		t.Log("race detector on: latencies logged, not compared")

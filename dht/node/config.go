@@ -53,6 +53,9 @@ type Config struct {
 	RateLimit RateLimit `yaml:"rateLimit"`
 	// MaxRecords bounds the values and peer records stored for others.
 	MaxRecords int `yaml:"maxRecords"`
+	// Client runs a short-lived node that looks up and publishes but is
+	// kept out of others' routing tables (a user node behind NAT).
+	Client bool `yaml:"client"`
 }
 
 // RateLimit is a token bucket per source: per IPv4 address or IPv6 /64,

@@ -17,6 +17,9 @@ type Service struct {
 	// Override, if set, edits the configuration after the file is read
 	// (command-line flags).
 	Override func(*Config)
+	// Defaults, if set, edits the defaults before the file is read (a
+	// role's own defaults).
+	Defaults func(*Config)
 
 	node *Node
 }
@@ -33,6 +36,9 @@ func (s *Service) Node() *Node { return s.node }
 // Start reads the "dht" section, opens the sockets and starts joining.
 func (s *Service) Start(ctx context.Context, h host.Handle) error {
 	cfg := DefaultConfig(h.Config().Dev)
+	if s.Defaults != nil {
+		s.Defaults(&cfg)
+	}
 	sec := h.Section()
 	if err := sec.Decode(&cfg); err != nil {
 		return err
@@ -58,6 +64,7 @@ func (s *Service) Start(ctx context.Context, h host.Handle) error {
 		Logger:   h.Logger(),
 		Metrics:  h.Metrics(),
 		Clock:    h.Clock(),
+		Client:   cfg.Client,
 	})
 	if err != nil {
 		return err

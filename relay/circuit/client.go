@@ -13,6 +13,7 @@ import (
 
 	"github.com/quic-go/quic-go"
 
+	"github.com/elacity/pc2/core/deadline"
 	"github.com/elacity/pc2/core/identity"
 	"github.com/elacity/pc2/transport/quicid"
 )
@@ -136,6 +137,10 @@ func Dial(ctx context.Context, tr *quic.Transport, w PacketWriter, kp *identity.
 
 // Relay returns the relay's address.
 func (c *Client) Relay() netip.AddrPort { return c.relay }
+
+// Done is closed when the control connection has ended (and with it the
+// reservation and every session): the client is then of no more use.
+func (c *Client) Done() <-chan struct{} { return c.conn.Context().Done() }
 
 // PacketConn returns the connection on which to run a quic.Transport whose
 // connections go through the relay (TestRelayedQUIC shows both ends).
@@ -426,12 +431,12 @@ type PacketConn struct {
 	in     chan inPacket
 	closed chan struct{}
 	once   sync.Once
-	dl     deadline
+	dl     *deadline.Deadline
 	local  *Addr
 }
 
 func newPacketConn(c *Client, queue int) *PacketConn {
-	return &PacketConn{c: c, in: make(chan inPacket, queue), closed: make(chan struct{}), dl: newDeadline(), local: newAddr(c.relay, SessionID{})}
+	return &PacketConn{c: c, in: make(chan inPacket, queue), closed: make(chan struct{}), dl: deadline.New(), local: newAddr(c.relay, SessionID{})}
 }
 
 func (p *PacketConn) deliver(addr *Addr, payload []byte) {
@@ -453,7 +458,7 @@ func (p *PacketConn) ReadFrom(b []byte) (int, net.Addr, error) {
 		return n, pk.addr, nil
 	case <-p.closed:
 		return 0, nil, net.ErrClosed
-	case <-p.dl.wait():
+	case <-p.dl.Wait():
 		return 0, nil, os.ErrDeadlineExceeded
 	}
 }
@@ -494,7 +499,7 @@ func (p *PacketConn) SetDeadline(t time.Time) error { return p.SetReadDeadline(t
 func (p *PacketConn) SetWriteDeadline(time.Time) error { return nil }
 
 // SetReadDeadline implements net.PacketConn.
-func (p *PacketConn) SetReadDeadline(t time.Time) error { return p.dl.set(t) }
+func (p *PacketConn) SetReadDeadline(t time.Time) error { return p.dl.Set(t) }
 
 // SetReadBuffer and SetWriteBuffer let quic-go size buffers without a
 // warning; the queue is bounded by QueueLen instead.

@@ -9,6 +9,8 @@ import (
 
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
+
+	"github.com/elacity/pc2/core/deadline"
 )
 
 // quicQueue bounds the QUIC (control) packets waiting for quic-go on a
@@ -33,7 +35,7 @@ type demux struct {
 	q         chan qpacket
 	closed    chan struct{}
 	once      sync.Once
-	dl        deadline
+	dl        *deadline.Deadline
 	done      chan struct{}
 }
 
@@ -45,7 +47,7 @@ type qpacket struct {
 var qPool = sync.Pool{New: func() any { b := make([]byte, 0, MaxPacket); return &b }}
 
 func newDemux(udp *net.UDPConn, handle func([]byte, netip.AddrPort)) *demux {
-	return &demux{udp: udp, handle: handle, q: make(chan qpacket, quicQueue), closed: make(chan struct{}), done: make(chan struct{}), dl: newDeadline()}
+	return &demux{udp: udp, handle: handle, q: make(chan qpacket, quicQueue), closed: make(chan struct{}), done: make(chan struct{}), dl: deadline.New()}
 }
 
 func (d *demux) run() {
@@ -184,7 +186,7 @@ func (d *demux) ReadFrom(b []byte) (int, net.Addr, error) {
 		return n, net.UDPAddrFromAddrPort(p.from), nil
 	case <-d.closed:
 		return 0, nil, net.ErrClosed
-	case <-d.dl.wait():
+	case <-d.dl.Wait():
 		return 0, nil, os.ErrDeadlineExceeded
 	}
 }
@@ -199,63 +201,8 @@ func (d *demux) WriteTo(b []byte, addr net.Addr) (int, error) {
 
 func (d *demux) Close() error                       { d.close(); return nil }
 func (d *demux) LocalAddr() net.Addr                { return d.udp.LocalAddr() }
-func (d *demux) SetDeadline(t time.Time) error      { return d.dl.set(t) }
-func (d *demux) SetReadDeadline(t time.Time) error  { return d.dl.set(t) }
+func (d *demux) SetDeadline(t time.Time) error      { return d.dl.Set(t) }
+func (d *demux) SetReadDeadline(t time.Time) error  { return d.dl.Set(t) }
 func (d *demux) SetWriteDeadline(t time.Time) error { return nil }
 func (d *demux) SetReadBuffer(int) error            { return nil }
 func (d *demux) SetWriteBuffer(int) error           { return nil }
-
-// deadline is a read deadline for a channel-fed PacketConn: wait returns
-// a channel closed once the deadline has passed.
-type deadline struct {
-	mu    *sync.Mutex
-	ch    *chan struct{}
-	timer **time.Timer
-}
-
-func newDeadline() deadline {
-	ch := make(chan struct{})
-	var t *time.Timer
-	return deadline{mu: &sync.Mutex{}, ch: &ch, timer: &t}
-}
-
-func (d deadline) wait() <-chan struct{} {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return *d.ch
-}
-
-func (d deadline) set(t time.Time) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if *d.timer != nil {
-		(*d.timer).Stop()
-		*d.timer = nil
-	}
-	select {
-	case <-*d.ch: // passed: arm a fresh channel
-		*d.ch = make(chan struct{})
-	default:
-	}
-	if t.IsZero() {
-		return nil
-	}
-	ch := *d.ch
-	dur := time.Until(t)
-	if dur <= 0 {
-		close(ch)
-		return nil
-	}
-	*d.timer = time.AfterFunc(dur, func() {
-		d.mu.Lock()
-		defer d.mu.Unlock()
-		if *d.ch == ch {
-			select {
-			case <-ch:
-			default:
-				close(ch)
-			}
-		}
-	})
-	return nil
-}

@@ -3,6 +3,7 @@ package tunnel
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -257,6 +258,10 @@ func (c *Client) loop(ctx context.Context, tr *quic.Transport, tlsConf *tls.Conf
 // probe is the wake probe's payload.
 var probe [64]byte
 
+// errRefused marks a QUIC tunnel that completed its handshake and was then
+// refused: the supernode is reachable over UDP.
+var errRefused = errors.New("refused after handshake")
+
 // readWakes passes wake messages from the supernode's address to the
 // loop, at most one per 100 ms.
 func (c *Client) readWakes(ctx context.Context, read func(context.Context, []byte) (int, net.Addr, error)) {
@@ -356,7 +361,11 @@ func (c *Client) connect(ctx context.Context, tr *quic.Transport, tlsConf *tls.C
 	if qerr == nil {
 		return sess, nil
 	}
-	if ctx.Err() != nil {
+	// A refusal over a completed handshake proves QUIC works: the
+	// supernode said no (e.g. the name is not registered yet). TCP would
+	// hear the same policy; falling back would only pin the tunnel to TCP
+	// (no UDP ports) until the next upgrade try. Retry QUIC after backoff.
+	if ctx.Err() != nil || errors.Is(qerr, errRefused) {
 		return nil, qerr
 	}
 	sess, terr := dialTCP(ctx, c.cfg.SupernodeTCP, tlsConf)
@@ -402,7 +411,7 @@ func (c *Client) dialQUIC(ctx context.Context, tr *quic.Transport, tlsConf *tls.
 	}
 	if err := awaitWelcome(ctx, conn); err != nil {
 		conn.CloseWithError(0, "")
-		return nil, fmt.Errorf("not admitted by %s: %w", c.cfg.Supernode, err)
+		return nil, fmt.Errorf("not admitted by %s: %w: %w", c.cfg.Supernode, errRefused, err)
 	}
 	return quicSession{conn}, nil
 }

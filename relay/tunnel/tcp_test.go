@@ -704,3 +704,40 @@ func TestMappedUDPPortWhileOnTCP(t *testing.T) {
 	vc.Write([]byte("over tcp?"))
 	waitFor(t, "the datagram to be dropped", 5*time.Second, func() bool { return u.Dropped.Load() > before })
 }
+
+// TestAutoRefusedOverQUICRetriesQUIC: a node refused over QUIC after the
+// handshake (its name not registered yet) and admitted a moment later
+// comes up on QUIC: a refusal proves UDP works, so it is no reason to fall
+// back to TCP (which would hold no UDP ports until the next upgrade try).
+func TestAutoRefusedOverQUICRetriesQUIC(t *testing.T) {
+	srvKey, cliKey := newKey(t), newKey(t)
+	var refused atomic.Bool
+	srv := NewServer(srvKey, ServerConfig{Admit: func(identity.ID) error {
+		if refused.CompareAndSwap(false, true) {
+			return errors.New("not registered yet")
+		}
+		return nil
+	}})
+	ua, err := srv.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ta, err := srv.ListenTCP("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	cli := NewClient(cliKey, ClientConfig{Supernode: ua.String(), SupernodeTCP: ta.String(), SupernodeID: srvKey.ID(),
+		Transport: "auto", BackoffMin: time.Millisecond, LocalUDP: "127.0.0.1:0", Logger: testLogger(t)})
+	if err := cli.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	waitFor(t, "tunnel up", 20*time.Second, cli.Up)
+	if !refused.Load() {
+		t.Fatal("the first attempt was not refused")
+	}
+	if tr := cli.Transport(); tr != TransportQUIC {
+		t.Fatalf("tunnel up on %s after a refusal over QUIC, want %s", tr, TransportQUIC)
+	}
+}

@@ -3,6 +3,7 @@ package natlab
 import (
 	"bufio"
 	"context"
+	crand "crypto/rand"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -16,6 +17,9 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/elacity/pc2/core/identity"
+	"github.com/elacity/pc2/relay/circuit"
 )
 
 // AgentCommands lists the agent subcommands with a one-line description.
@@ -27,7 +31,7 @@ func AgentCommands() [][2]string {
 		{"query", "one probe request (optionally change-IP/port, delayed reply); print JSON"},
 		{"loss", "send N probe requests, count replies; print JSON"},
 		{"upload", "TCP upload to the probe server sink; print JSON with kbit/s"},
-		{"rendezvous", "signalling server, TCP reflector and UDP relay for matrix peers"},
+		{"rendezvous", "signalling server, TCP reflector and PC2 relay (relay/circuit) for matrix peers"},
 		{"peer", "matrix peer: run punch trials read from stdin as JSON, print JSON results"},
 	}
 }
@@ -185,13 +189,29 @@ func AgentMain(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		if err != nil {
 			return err
 		}
-		fmt.Fprintln(stdout, "ready")
+		// PC2's own relay for the pairs that cannot punch.
+		kp, err := identity.Generate(crand.Reader)
+		if err != nil {
+			return err
+		}
+		relay := circuit.NewServer(kp, circuit.Config{
+			// A lab runs many trials a second from few addresses.
+			ConnectsPerSecond: 1000, ConnectBurst: 1000, ReservationsPerSecond: 1000, ReservationBurst: 1000,
+			HandshakesPerSecond: 1000, HandshakeBurst: 1000, HandshakesPerIP: 1000,
+		})
+		if _, err := relay.Listen(netip.AddrPortFrom(a, RelayPort).String()); err != nil {
+			s.Close()
+			return fmt.Errorf("agent rendezvous: relay: %w", err)
+		}
+		defer relay.Close()
+		fmt.Fprintln(stdout, "ready relay-id="+kp.ID().String())
 		return s.Serve(ctx)
 
 	case "peer":
 		name := fs.String("name", "", "this host's name (rendezvous registration)")
 		alt := fs.String("alt", "", "probe server alternate endpoint")
 		rdv := fs.String("rdv", "", "rendezvous host address")
+		relayID := fs.String("relay-id", "", "node id of the PC2 relay on the rendezvous host (empty: no relay fallback)")
 		latency := fs.Duration("latency", 0, "emulated one-way latency added to every datagram and signalling frame sent")
 		if err := fs.Parse(args); err != nil {
 			return err
@@ -211,7 +231,13 @@ func AgentMain(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		if *latency < 0 || *latency > 10*time.Second {
 			return fmt.Errorf("agent peer: -latency %v out of range", *latency)
 		}
-		return runPeerAgent(ctx, *name, srv, altAP, rdvAddr, *latency, os.Stdin, stdout)
+		var rid identity.ID
+		if *relayID != "" {
+			if rid, err = identity.ParseID(*relayID); err != nil {
+				return fmt.Errorf("agent peer: -relay-id: %w", err)
+			}
+		}
+		return runPeerAgent(ctx, *name, srv, altAP, rdvAddr, rid, *latency, os.Stdin, stdout)
 
 	case "upload":
 		n := fs.Int64("bytes", 1<<20, "bytes to upload")

@@ -45,8 +45,8 @@ type MatrixConfig struct {
 	// Latency is the emulated one-way latency each peer adds to what it
 	// sends (the kernel has no netem): the direct RTT is twice it.
 	Latency time.Duration
-	// Relay falls back to the rendezvous host's UDP relay when a trial finds
-	// no direct path.
+	// Relay falls back to PC2's relay (relay/circuit) on the rendezvous host
+	// when a trial finds no direct path.
 	Relay    bool
 	Seed     uint64
 	Launcher Launcher
@@ -250,8 +250,12 @@ func runMatrixLab(ctx context.Context, cfg MatrixConfig, loss Loss, hosts int) (
 	if err != nil {
 		return nil, err
 	}
-	if err := waitReady(ctx, rdv, 10*time.Second); err != nil {
-		return nil, fmt.Errorf("rendezvous: %w", err)
+	rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
+	line, err := rdv.NextLine(rctx)
+	rcancel()
+	relayID, ok := strings.CutPrefix(line, "ready relay-id=")
+	if err != nil || !ok {
+		return nil, fmt.Errorf("rendezvous not ready (%q, %v): %s", line, err, rdv.Stderr())
 	}
 	primary, alt, _ := l.ProbeServer()
 	// One long-running peer agent per private host.
@@ -261,7 +265,7 @@ func runMatrixLab(ctx context.Context, cfg MatrixConfig, loss Loss, hosts int) (
 	err = parallel(ctx, len(names), 8, func(ctx context.Context, i int) error {
 		h := names[i]
 		p, err := l.StartAgent(ctx, h, []string{"peer", "-server", primary.String(), "-alt", alt.String(),
-			"-rdv", rdvAddr.String(), "-name", h, "-latency", cfg.Latency.String()}, StartOptions{})
+			"-rdv", rdvAddr.String(), "-relay-id", relayID, "-name", h, "-latency", cfg.Latency.String()}, StartOptions{})
 		if err != nil {
 			return err
 		}

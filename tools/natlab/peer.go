@@ -2,7 +2,9 @@ package natlab
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	crand "crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,7 +15,13 @@ import (
 	"strings"
 	"time"
 
+	"github.com/quic-go/quic-go"
+
+	"github.com/elacity/pc2/core/identity"
+	"github.com/elacity/pc2/relay/circuit"
 	"github.com/elacity/pc2/transport/punch"
+	"github.com/elacity/pc2/transport/quicid"
+	"github.com/elacity/pc2/transport/udpmux"
 )
 
 // TrialCmd tells a lab peer agent to run one side of a trial.
@@ -22,7 +30,7 @@ type TrialCmd struct {
 	Peer      string `json:"peer"`
 	Initiator bool   `json:"initiator"`
 	Transport string `json:"transport"` // "udp" or "tcp"
-	Relay     bool   `json:"relay"`     // fall back to the rendezvous host's relay
+	Relay     bool   `json:"relay"`     // fall back to PC2's relay on the rendezvous host
 	Seed      uint64 `json:"seed"`      // birthday probe order
 }
 
@@ -64,10 +72,20 @@ type peerAgent struct {
 	latency    time.Duration
 	hard       bool
 	rc         *RendezvousClient
+	key        *identity.KeyPair // this agent's node key (relay trials)
+	relay      netip.AddrPort    // PC2 relay (relay/circuit) on the rendezvous host
+	relayID    identity.ID
 }
 
-func runPeerAgent(ctx context.Context, name string, probe, alt netip.AddrPort, rdv netip.Addr, latency time.Duration, stdin io.Reader, stdout io.Writer) error {
-	pa := &peerAgent{name: name, probe: probe, alt: alt, rdv: rdv, latency: latency}
+func runPeerAgent(ctx context.Context, name string, probe, alt netip.AddrPort, rdv netip.Addr, relayID identity.ID, latency time.Duration, stdin io.Reader, stdout io.Writer) error {
+	pa := &peerAgent{name: name, probe: probe, alt: alt, rdv: rdv, latency: latency, relayID: relayID}
+	if !relayID.IsZero() {
+		pa.relay = netip.AddrPortFrom(rdv, RelayPort)
+	}
+	var err error
+	if pa.key, err = identity.Generate(crand.Reader); err != nil {
+		return err
+	}
 	hard, err := mappingIsHard(ctx, probe, alt)
 	if err != nil {
 		return fmt.Errorf("peer %s: classify mapping: %w", name, err)
@@ -311,33 +329,169 @@ func (pa *peerAgent) finish(ctx context.Context, cmd TrialCmd, side *TrialSide) 
 	return pa.relayTrial(ctx, cmd, side)
 }
 
-// relayTrial runs the same authenticated punch exchange through the
-// rendezvous host's relay: the path of last resort.
+// relayTrial connects the two sides through PC2's own relay
+// (relay/circuit) on the rendezvous host, the path of last resort: both
+// sides dial the relay from a fresh socket, the responder reserves, the
+// initiator connects to it by node id (the relay asks the responder, which
+// accepts only the peer of this trial), and an end-to-end QUIC connection,
+// ids checked both ways, echoes a message through the session. The relay
+// forwards packets it cannot read.
 func (pa *peerAgent) relayTrial(ctx context.Context, cmd TrialCmd, side *TrialSide) error {
+	if !pa.relay.IsValid() {
+		return errors.New("relay fallback: no relay (-relay, -relay-id)")
+	}
+	t0 := time.Now()
+	// Ids first: each side must know whom to accept or expect.
+	if err := pa.rc.Send(cmd.Peer, cmd.ID, []byte("k"+pa.key.ID().String())); err != nil {
+		return err
+	}
+	peerKey, err := pa.recvFrame(ctx, cmd.ID, "k")
+	if err != nil {
+		return fmt.Errorf("relay signalling: %w", err)
+	}
+	peerID, err := identity.ParseID(peerKey)
+	if err != nil {
+		return fmt.Errorf("relay signalling: peer id: %w", err)
+	}
 	c, err := listenUDP()
 	if err != nil {
 		return err
 	}
-	defer c.Close()
-	// A fresh negotiation: a new attempt id and token for the relay.
-	o := pa.offer(cmd)
-	o.Hard = false
-	o.UDP = []netip.AddrPort{netip.AddrPortFrom(pa.rdv, RelayPort)}
-	t0 := time.Now()
-	plan, err := punch.Negotiate(ctx, pa.rc.Signal(cmd.Peer, cmd.ID), pa.role(cmd), o)
+	mux, err := udpmux.New(c, udpmux.Options{})
 	if err != nil {
-		return fmt.Errorf("relay signalling: %w", err)
-	}
-	plan.Remote.UDP = o.UDP // both sides punch to the relay
-	res, err := punch.PunchUDP(ctx, NewDelayConn(c, pa.latency), plan, punch.Config{DirectTimeout: 3 * time.Second})
-	if res.OK {
-		side.Relay = true
-		side.Path = "relay"
-		side.RelayMicros = time.Since(t0).Microseconds()
-	}
-	if err != nil && !errors.Is(err, punch.ErrNoPath) {
+		c.Close()
 		return err
 	}
+	defer mux.Close()
+	cli, err := circuit.Dial(ctx, mux.Transport(), delayWriter{mux, pa.latency}, pa.key, pa.relay, pa.relayID,
+		circuit.ClientConfig{Accept: func(from identity.ID) bool { return from == peerID }})
+	if err != nil {
+		return fmt.Errorf("relay: %w", err)
+	}
+	defer cli.Close()
+	remove := mux.Handle(udpmux.FirstByte(circuit.TypeData, circuit.TypeData), func(pkt []byte, from netip.AddrPort) bool {
+		cli.Handle(pkt, from)
+		return true
+	})
+	defer remove()
+	tr := &quic.Transport{Conn: cli.PacketConn()}
+	defer tr.Close()
+	qc := quicid.Config(4, 10*time.Second)
+	msg := []byte("pc2 natlab relay trial " + cmd.ID)
+	if cmd.Initiator {
+		if _, err := pa.recvFrame(ctx, cmd.ID, "r"); err != nil {
+			return fmt.Errorf("relay signalling: %w", err)
+		}
+		addr, err := cli.Connect(ctx, peerID)
+		if err != nil {
+			return fmt.Errorf("relay connect: %w", err)
+		}
+		tlsConf, err := quicid.ClientConfig(pa.key, relayTrialALPN, peerID)
+		if err != nil {
+			return err
+		}
+		conn, err := tr.Dial(ctx, addr, tlsConf, qc)
+		if err != nil {
+			return fmt.Errorf("relayed QUIC: %w", err)
+		}
+		defer conn.CloseWithError(0, "")
+		st, err := conn.OpenStreamSync(ctx)
+		if err != nil {
+			return err
+		}
+		if _, err := st.Write(msg); err != nil {
+			return err
+		}
+		_ = st.Close()
+		got, err := io.ReadAll(io.LimitReader(st, int64(len(msg))+1))
+		if err != nil {
+			return fmt.Errorf("relayed echo: %w", err)
+		}
+		if !bytes.Equal(got, msg) {
+			return fmt.Errorf("relayed echo: got %q", got)
+		}
+	} else {
+		if _, err := cli.Reserve(ctx); err != nil {
+			return fmt.Errorf("relay reserve: %w", err)
+		}
+		tlsConf, err := quicid.ServerConfig(pa.key, relayTrialALPN, func(id identity.ID) error {
+			if id != peerID {
+				return errors.New("not this trial's peer")
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		ln, err := tr.Listen(tlsConf, qc)
+		if err != nil {
+			return err
+		}
+		defer ln.Close()
+		if err := pa.rc.Send(cmd.Peer, cmd.ID, []byte("r")); err != nil {
+			return err
+		}
+		conn, _, err := quicid.Accept(ctx, ln)
+		if err != nil {
+			return fmt.Errorf("relayed QUIC: %w", err)
+		}
+		defer conn.CloseWithError(0, "")
+		st, err := conn.AcceptStream(ctx)
+		if err != nil {
+			return err
+		}
+		got, err := io.ReadAll(io.LimitReader(st, int64(len(msg))+1))
+		if err != nil {
+			return fmt.Errorf("relayed echo: %w", err)
+		}
+		if !bytes.Equal(got, msg) {
+			return fmt.Errorf("relayed echo: got %q", got)
+		}
+		if _, err := st.Write(got); err != nil {
+			return err
+		}
+		_ = st.Close()
+		// The initiator closes the connection once it has the echo.
+		<-conn.Context().Done()
+	}
+	side.Relay = true
+	side.Path = "relay"
+	side.RelayMicros = time.Since(t0).Microseconds()
+	return nil
+}
+
+// relayTrialALPN names the end-to-end protocol of a relay trial.
+const relayTrialALPN = "pc2-natlab-relay/1"
+
+// recvFrame returns the rest of the next signalling frame of session id
+// that starts with prefix, skipping others.
+func (pa *peerAgent) recvFrame(ctx context.Context, id, prefix string) (string, error) {
+	for {
+		b, err := pa.rc.Recv(ctx, id)
+		if err != nil {
+			return "", err
+		}
+		if string(b) == abortFrame {
+			return "", errPeerAborted
+		}
+		if rest, ok := strings.CutPrefix(string(b), prefix); ok {
+			return rest, nil
+		}
+	}
+}
+
+// delayWriter adds the emulated latency to the relay's data packets.
+type delayWriter struct {
+	mux   *udpmux.Mux
+	delay time.Duration
+}
+
+func (d delayWriter) WriteTo(b []byte, to netip.AddrPort) error {
+	if d.delay <= 0 {
+		return d.mux.WriteTo(b, to)
+	}
+	cp := append([]byte(nil), b...)
+	time.AfterFunc(d.delay, func() { _ = d.mux.WriteTo(cp, to) })
 	return nil
 }
 

@@ -20,7 +20,7 @@ import (
 // Rendezvous ports on the lab's rendezvous host.
 const (
 	RendezvousPort = 7000 // TCP: signalling between named lab peers
-	RelayPort      = 7002 // UDP: relays punch-format packets between the two sides of an attempt
+	RelayPort      = 7002 // UDP: PC2's relay (relay/circuit), run next to the server by the rendezvous agent
 	// ReflectPort and the ReflectPorts-1 ports after it answer TCP
 	// connections with "observed <addr:port>" and close (TCP mapping
 	// discovery). A retry uses the next port: the previous attempt's
@@ -34,8 +34,6 @@ const (
 	maxRendezvousLine    = 1024
 	maxRendezvousClients = 1024
 	rendezvousQueue      = 64
-	maxRelayAllocs       = 4096
-	relayIdle            = 30 * time.Second
 	reflectTimeout       = 5 * time.Second
 )
 
@@ -44,9 +42,9 @@ var sessionRE = regexp.MustCompile(`^[a-z0-9-]{1,64}$`)
 // RendezvousServer is the lab's stand-in for the supernode's signalling: lab
 // peers register by name over TCP and exchange opaque frames addressed to
 // (peer, session); a TCP reflector tells a connection which address it came
-// from (TCP mappings differ from UDP ones); and a UDP relay forwards
-// punch-format packets between the initiator and the responder of one
-// attempt, for pairs that cannot punch (symmetric ↔ symmetric).
+// from (TCP mappings differ from UDP ones). Pairs that cannot punch meet
+// through PC2's own relay (relay/circuit), which the rendezvous agent runs
+// on RelayPort.
 //
 // Protocol (one line per frame, at most 1 KiB):
 //
@@ -54,17 +52,13 @@ var sessionRE = regexp.MustCompile(`^[a-z0-9-]{1,64}$`)
 //	server → client: "from <peer> <session> <base64>"
 //
 // Frames to unknown peers are dropped; a newer registration of a name
-// replaces the older one. The relay learns each side's address from the
-// first packet of each role (initiator flag) of an attempt id and forwards
-// only between those two addresses; it never answers more than it receives.
+// replaces the older one.
 type RendezvousServer struct {
 	sig     *net.TCPListener
 	reflect [ReflectPorts]*net.TCPListener
-	relay   *net.UDPConn
 
 	mu      sync.Mutex
 	clients map[string]*rdvClient
-	allocs  map[[8]byte]*relayAlloc
 	wg      sync.WaitGroup
 }
 
@@ -74,14 +68,9 @@ type rdvClient struct {
 	out  chan string
 }
 
-type relayAlloc struct {
-	side [2]netip.AddrPort // [initiator, responder]
-	last time.Time
-}
-
-// ListenRendezvous binds the three sockets on addr.
+// ListenRendezvous binds the signalling and reflector sockets on addr.
 func ListenRendezvous(addr netip.Addr) (*RendezvousServer, error) {
-	s := &RendezvousServer{clients: map[string]*rdvClient{}, allocs: map[[8]byte]*relayAlloc{}}
+	s := &RendezvousServer{clients: map[string]*rdvClient{}}
 	var err error
 	if s.sig, err = net.ListenTCP("tcp", net.TCPAddrFromAddrPort(netip.AddrPortFrom(addr, RendezvousPort))); err != nil {
 		return nil, fmt.Errorf("rendezvous: %w", err)
@@ -91,10 +80,6 @@ func ListenRendezvous(addr netip.Addr) (*RendezvousServer, error) {
 			s.Close()
 			return nil, fmt.Errorf("rendezvous reflect: %w", err)
 		}
-	}
-	if s.relay, err = net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(addr, RelayPort))); err != nil {
-		s.Close()
-		return nil, fmt.Errorf("rendezvous relay: %w", err)
 	}
 	return s, nil
 }
@@ -109,21 +94,17 @@ func (s *RendezvousServer) Close() {
 			l.Close()
 		}
 	}
-	if s.relay != nil {
-		s.relay.Close()
-	}
 }
 
 // Serve runs until ctx ends.
 func (s *RendezvousServer) Serve(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, s.Close)
 	defer stop()
-	s.wg.Add(2 + len(s.reflect))
+	s.wg.Add(1 + len(s.reflect))
 	go func() { defer s.wg.Done(); s.serveSignal(ctx) }()
 	for _, l := range s.reflect {
 		go func() { defer s.wg.Done(); s.serveReflect(ctx, l) }()
 	}
-	go func() { defer s.wg.Done(); s.serveRelay(ctx) }()
 	s.wg.Wait()
 	s.mu.Lock()
 	for _, c := range s.clients {
@@ -246,56 +227,6 @@ func (s *RendezvousServer) serveReflect(ctx context.Context, l *net.TCPListener)
 		// client's port is free for its listener and punches at once.
 		fmt.Fprintf(c, "observed %v\n", netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
 		c.Close()
-	}
-}
-
-func (s *RendezvousServer) serveRelay(ctx context.Context) {
-	buf := make([]byte, 1500)
-	lastSweep := time.Now()
-	for {
-		n, from, err := s.relay.ReadFromUDPAddrPort(buf)
-		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
-				return
-			}
-			continue
-		}
-		from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
-		p, err := punch.ParseHeader(buf[:n])
-		if err != nil {
-			continue
-		}
-		now := time.Now()
-		if now.Sub(lastSweep) > relayIdle {
-			for k, a := range s.allocs {
-				if now.Sub(a.last) > relayIdle {
-					delete(s.allocs, k)
-				}
-			}
-			lastSweep = now
-		}
-		a := s.allocs[p.Attempt]
-		if a == nil {
-			if len(s.allocs) >= maxRelayAllocs {
-				continue
-			}
-			a = &relayAlloc{}
-			s.allocs[p.Attempt] = a
-		}
-		me := 1
-		if p.Flags&punch.FlagInitiator != 0 {
-			me = 0
-		}
-		if !a.side[me].IsValid() {
-			a.side[me] = from
-		}
-		if a.side[me] != from {
-			continue // the role is taken by another address
-		}
-		a.last = now
-		if other := a.side[1-me]; other.IsValid() {
-			_, _ = s.relay.WriteToUDPAddrPort(buf[:n], other)
-		}
 	}
 }
 

@@ -18,9 +18,10 @@
 //	           tunnel's wake message "\x00pc2-tunnel-wake/1" also starts
 //	           with 0x00 but is no STUN message: match with stun.IsMessage)
 //	0x24       relay data (relay/circuit: session id + end-to-end QUIC packet)
+//	0x25       peer direct data (transport/peer: one end-to-end QUIC packet)
 //	0x31-0x34  NAT lab probe protocol (tools/natlab)
 //	0x3a-0x3b  hole punching (transport/punch)
-//	0x02-0x23, 0x25-0x30, 0x35-0x39, 0x3c-0x3f  free
+//	0x02-0x23, 0x26-0x30, 0x35-0x39, 0x3c-0x3f  free
 //
 // Handlers run on the read goroutine: they must return quickly and copy the
 // packet if they keep it. A handler that does not take a packet (say, a

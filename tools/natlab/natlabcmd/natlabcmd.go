@@ -496,7 +496,7 @@ func (c *Command) matrix(ctx context.Context, all, args []string, stdout, stderr
 	losses := fs.String("loss", "none,random:5%", "loss levels, comma-separated: none, random:P%, nth:N (deterministic)")
 	parallelN := fs.Int("parallel", 16, "concurrent trials (each host runs one at a time)")
 	latency := fs.Duration("latency", 10*time.Millisecond, "emulated one-way latency added by each peer to what it sends")
-	relay := fs.Bool("relay", true, "fall back to the rendezvous host's UDP relay when no direct path is found")
+	relay := fs.Bool("relay", true, "fall back to PC2's relay (relay/circuit) on the rendezvous host when no direct path is found")
 	out := fs.String("out", "natlab-matrix", "output prefix for the CSV files and the PNG heat map ('' = none)")
 	seed := fs.Uint64("seed", 1, "seed of the birthday probe order")
 	if err := parse(fs, args); err != nil {

@@ -1,182 +1,289 @@
-// Package directory publishes and finds a node's reachability record in the
-// Boson DHT (GitHub issue 8, direct node-to-node connections).
+// Package directory keeps a node's reachability record in the Boson DHT:
+// who relays for it, its direct candidates and its NAT class, signed by the
+// node's own key and found by anyone who knows its id (DID).
 //
-// It exists because a peer that wants to dial a node directly knows only the
-// node's DID. The record (candidates, relays, NAT class, supernodes) is stored
-// as a v3.1 signed mutable value whose key is the node's own public key: anyone
-// who knows the DID can compute where it lives, and only the DID's key can
-// write it. Peer records are not used because their id is a service key, not
-// the node key (see plugins/registry/dhtpub).
+// It exists because a node behind NAT has no fixed address: a peer that
+// wants to reach it by DID needs a current, authentic answer to "where?".
+// The record is a v3.1 signed mutable value whose id is the node's public
+// key (dht/record): anyone can compute where it lives, only the DID's key
+// can write it, and a newer sequence number (issued time) replaces the old
+// one on every storing node. (Names use peer records instead, see
+// plugins/registry/dhtpub: a name-derived key would be public; here the
+// key is the node's own.)
 //
-// Encoding is JSON with a bounded size and DisallowUnknownFields: the record is
-// small, read rarely (once per dial, cached), and JSON keeps it debuggable;
-// strictness (field counts, address syntax, one trailing value) is checked
-// after decoding so a record either decodes to exactly one meaning or fails.
+// The payload is JSON: small (well under the DHT's 2 KiB limit with every
+// list full), readable by other implementations, and decoded strictly
+// (unknown fields, oversize, too many entries, bad addresses refused), so a
+// record means one thing to every reader. Lookups check owner, signature
+// and age before anything is believed.
 package directory
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/netip"
+	"sync"
 	"time"
 
 	"github.com/elacity/pc2/core/identity"
+	dhtnode "github.com/elacity/pc2/dht/node"
 	"github.com/elacity/pc2/dht/record"
 )
 
-// Limits on a record's lists.
+// Limits of a record.
 const (
-	MaxUDP        = 8
-	MaxTCP        = 8
+	MaxCandidates = 8
 	MaxRelays     = 4
 	MaxSupernodes = 4
-	MaxNATClass   = 32
+	MaxNATClass   = 64
+	// MaxAge is how old a record may be before readers ignore it;
+	// publishers refresh well before.
+	MaxAge = 2 * time.Hour
+	// MaxSkew is how far in the future a record's time may be.
+	MaxSkew = 5 * time.Minute
+	// seqEpoch makes issued times fit an int32 sequence number until 2093.
+	seqEpoch = 1_735_689_600 // 2025-01-01T00:00:00Z
 )
 
-// SeqEpoch makes issued times fit the DHT's int32 sequence numbers until 2093.
-const SeqEpoch = 1_735_689_600 // 2025-01-01T00:00:00Z
-
-// Typed errors returned by decoding and lookup.
+// Errors.
 var (
-	ErrMalformed = errors.New("directory: malformed record")
-	ErrTooLarge  = errors.New("directory: record too large")
-	ErrNotFound  = errors.New("directory: record not found")
-	ErrExpired   = errors.New("directory: record expired")
-	ErrFuture    = errors.New("directory: record issued in the future")
+	ErrMalformed = errors.New("directory: malformed peer record")
+	ErrNotFound  = errors.New("directory: no peer record")
+	ErrExpired   = errors.New("directory: peer record too old or from the future")
+	ErrForged    = errors.New("directory: peer record not signed by its node")
 )
 
-// Relay is a relay node the record's owner holds a reservation on.
+// Relay is a relay (relay/circuit service) where the node holds a
+// reservation.
 type Relay struct {
 	ID   identity.ID    `json:"id"`
 	Addr netip.AddrPort `json:"addr"`
 }
 
-// Record is a node's reachability record.
+// Record is a node's reachability.
 type Record struct {
-	ID         identity.ID      `json:"-"` // the owner; not encoded, it is the value's key
-	Issued     time.Time        `json:"-"` // encoded as Unix seconds
-	NAT        string           `json:"nat,omitempty"`
-	Hard       bool             `json:"hard,omitempty"`
-	UDP        []netip.AddrPort `json:"udp,omitempty"`
-	TCP        []netip.AddrPort `json:"tcp,omitempty"`
-	Relays     []Relay          `json:"relays,omitempty"`
-	Supernodes []identity.ID    `json:"sn,omitempty"`
-}
-
-type wire struct {
+	ID identity.ID `json:"-"` // the owner (the value's key)
+	// Issued is when the record was made (Unix seconds).
 	Issued int64 `json:"t"`
-	Record
+	// NAT is the mapping class seen by STUN ("endpoint-independent", …).
+	NAT string `json:"nat,omitempty"`
+	// Hard: the mapping depends on the destination (symmetric).
+	Hard bool `json:"hard,omitempty"`
+	// UDP and TCP are direct candidates, best first.
+	UDP []netip.AddrPort `json:"udp,omitempty"`
+	TCP []netip.AddrPort `json:"tcp,omitempty"`
+	// Relays reach the node at any time.
+	Relays []Relay `json:"relays,omitempty"`
+	// Supernodes hold tunnels of the node.
+	Supernodes []identity.ID `json:"sn,omitempty"`
 }
 
-// Check reports whether the record's fields are within limits.
-func (r *Record) Check() error {
-	switch {
-	case len(r.NAT) > MaxNATClass:
-		return fmt.Errorf("%w: nat class longer than %d", ErrMalformed, MaxNATClass)
-	case len(r.UDP) > MaxUDP:
-		return fmt.Errorf("%w: %d udp candidates, max %d", ErrMalformed, len(r.UDP), MaxUDP)
-	case len(r.TCP) > MaxTCP:
-		return fmt.Errorf("%w: %d tcp candidates, max %d", ErrMalformed, len(r.TCP), MaxTCP)
-	case len(r.Relays) > MaxRelays:
-		return fmt.Errorf("%w: %d relays, max %d", ErrMalformed, len(r.Relays), MaxRelays)
-	case len(r.Supernodes) > MaxSupernodes:
-		return fmt.Errorf("%w: %d supernodes, max %d", ErrMalformed, len(r.Supernodes), MaxSupernodes)
+func malformed(why string) error { return fmt.Errorf("%w: %s", ErrMalformed, why) }
+
+func (r *Record) check() error {
+	if len(r.UDP) > MaxCandidates || len(r.TCP) > MaxCandidates {
+		return malformed("too many candidates")
 	}
-	for _, l := range [][]netip.AddrPort{r.UDP, r.TCP} {
-		for _, a := range l {
-			if !a.IsValid() || a.Port() == 0 {
-				return fmt.Errorf("%w: bad candidate %v", ErrMalformed, a)
-			}
+	if len(r.Relays) > MaxRelays {
+		return malformed("too many relays")
+	}
+	if len(r.Supernodes) > MaxSupernodes {
+		return malformed("too many supernodes")
+	}
+	if len(r.NAT) > MaxNATClass {
+		return malformed("NAT class too long")
+	}
+	for _, c := range append(append([]netip.AddrPort(nil), r.UDP...), r.TCP...) {
+		if !c.IsValid() || c.Port() == 0 || c.Addr().IsUnspecified() || c.Addr().IsMulticast() {
+			return malformed(fmt.Sprintf("candidate %v", c))
 		}
 	}
 	for _, rl := range r.Relays {
-		if rl.ID.IsZero() || !rl.Addr.IsValid() || rl.Addr.Port() == 0 {
-			return fmt.Errorf("%w: bad relay %v %v", ErrMalformed, rl.ID, rl.Addr)
+		if rl.ID.IsZero() || !rl.Addr.IsValid() || rl.Addr.Port() == 0 || rl.Addr.Addr().IsUnspecified() {
+			return malformed(fmt.Sprintf("relay %v", rl.Addr))
 		}
 	}
-	for _, s := range r.Supernodes {
-		if s.IsZero() {
-			return fmt.Errorf("%w: zero supernode id", ErrMalformed)
-		}
+	if r.Issued < seqEpoch {
+		return malformed("issued before 2025")
 	}
 	return nil
 }
 
-// Encode returns the record's data bytes (without the owner id).
-func (r *Record) Encode() ([]byte, error) {
-	if err := r.Check(); err != nil {
+// Marshal encodes r's payload.
+func (r *Record) Marshal() ([]byte, error) {
+	if err := r.check(); err != nil {
 		return nil, err
 	}
-	b, err := json.Marshal(wire{Issued: r.Issued.Unix(), Record: *r})
+	b, err := json.Marshal(r)
 	if err != nil {
-		return nil, fmt.Errorf("directory: encode: %w", err)
+		return nil, err
 	}
 	if len(b) > record.MaxSignedData {
-		return nil, fmt.Errorf("%w: %d bytes, max %d", ErrTooLarge, len(b), record.MaxSignedData)
+		return nil, malformed(fmt.Sprintf("%d bytes", len(b)))
 	}
 	return b, nil
 }
 
-// Decode parses data bytes strictly; owner is the value's key.
-func Decode(owner identity.ID, b []byte) (Record, error) {
+// Unmarshal decodes a payload strictly; id is the owner.
+func Unmarshal(id identity.ID, b []byte) (Record, error) {
 	if len(b) > record.MaxSignedData {
-		return Record{}, fmt.Errorf("%w: %d bytes, max %d", ErrTooLarge, len(b), record.MaxSignedData)
+		return Record{}, malformed(fmt.Sprintf("%d bytes", len(b)))
 	}
 	d := json.NewDecoder(bytes.NewReader(b))
 	d.DisallowUnknownFields()
-	var w wire
-	if err := d.Decode(&w); err != nil {
-		return Record{}, fmt.Errorf("%w: %v", ErrMalformed, err)
+	var r Record
+	if err := d.Decode(&r); err != nil {
+		return Record{}, malformed(err.Error())
 	}
-	if _, err := d.Token(); err != io.EOF {
-		return Record{}, fmt.Errorf("%w: trailing data", ErrMalformed)
+	if d.More() {
+		return Record{}, malformed("trailing data")
 	}
-	if w.Issued <= SeqEpoch || w.Issued > SeqEpoch+1<<31-1 {
-		return Record{}, fmt.Errorf("%w: issued time %d out of range", ErrMalformed, w.Issued)
-	}
-	r := w.Record
-	r.ID = owner
-	r.Issued = time.Unix(w.Issued, 0).UTC()
-	if err := r.Check(); err != nil {
+	r.ID = id
+	if err := r.check(); err != nil {
 		return Record{}, err
+	}
+	// One form for "none": "udp":[] and no "udp" mean the same.
+	if len(r.UDP) == 0 {
+		r.UDP = nil
+	}
+	if len(r.TCP) == 0 {
+		r.TCP = nil
+	}
+	if len(r.Relays) == 0 {
+		r.Relays = nil
+	}
+	if len(r.Supernodes) == 0 {
+		r.Supernodes = nil
 	}
 	return r, nil
 }
 
-// Seq is the DHT sequence number for a record issued at t.
-func Seq(t time.Time) int32 { return int32(t.Unix() - SeqEpoch) }
-
-// Sign encodes rec and signs it as a v3.1 mutable value owned by kp.
-func Sign(kp *identity.KeyPair, rec Record) (record.Value, error) {
-	rec.ID = kp.ID()
-	if rec.Issued.Unix() <= SeqEpoch {
-		return record.Value{}, fmt.Errorf("%w: issued before %d", ErrMalformed, SeqEpoch)
-	}
-	b, err := rec.Encode()
+// Value signs r as kp's DHT value (r.ID is set to kp's id).
+func Value(kp *identity.KeyPair, r Record) (record.Value, error) {
+	r.ID = kp.ID()
+	b, err := r.Marshal()
 	if err != nil {
 		return record.Value{}, err
 	}
-	return record.NewSigned(kp, Seq(rec.Issued), b)
+	return record.NewSigned(kp, int32(r.Issued-seqEpoch), b)
 }
 
-// Open checks that v is a signed value owned by id, verifies it, decodes it
-// strictly and checks its sequence number against its issued time.
-func Open(id identity.ID, v *record.Value) (Record, error) {
+// FromValue checks a value found under id and returns its record.
+func FromValue(id identity.ID, v *record.Value, now time.Time) (Record, error) {
 	if v.Owner != id || v.Kind() != record.Signed {
-		return Record{}, fmt.Errorf("%w: value is not a signed value of %v", ErrMalformed, id)
+		return Record{}, ErrForged
 	}
 	if err := v.Validate(); err != nil {
-		return Record{}, fmt.Errorf("%w: %v", ErrMalformed, err)
+		return Record{}, fmt.Errorf("%w: %v", ErrForged, err)
 	}
-	r, err := Decode(id, v.Data)
+	r, err := Unmarshal(id, v.Data)
 	if err != nil {
 		return Record{}, err
 	}
-	if Seq(r.Issued) != v.Seq {
-		return Record{}, fmt.Errorf("%w: seq %d does not match issued time", ErrMalformed, v.Seq)
+	if int64(v.Seq) != r.Issued-seqEpoch {
+		return Record{}, malformed("sequence number is not the issued time")
+	}
+	t := time.Unix(r.Issued, 0)
+	if now.Sub(t) > MaxAge || t.Sub(now) > MaxSkew {
+		return Record{}, fmt.Errorf("%w: issued %v", ErrExpired, t.UTC())
 	}
 	return r, nil
+}
+
+// Publish stores r, signed by kp, in the DHT.
+func Publish(ctx context.Context, n *dhtnode.Node, kp *identity.KeyPair, r Record) error {
+	v, err := Value(kp, r)
+	if err != nil {
+		return err
+	}
+	if _, err := n.PutValue(ctx, v, dhtnode.PutOptions{}); err != nil {
+		return fmt.Errorf("directory: publish: %w", err)
+	}
+	return nil
+}
+
+// Lookup finds id's record in the DHT.
+func Lookup(ctx context.Context, n *dhtnode.Node, id identity.ID, now time.Time) (Record, error) {
+	v, err := n.GetValue(ctx, id, dhtnode.GetOptions{})
+	if errors.Is(err, dhtnode.ErrNotFound) {
+		return Record{}, fmt.Errorf("%w for %s", ErrNotFound, id)
+	}
+	if err != nil {
+		return Record{}, fmt.Errorf("directory: lookup %s: %w", id, err)
+	}
+	return FromValue(id, &v, now)
+}
+
+// Directory looks records up with a small cache, so repeated dials do not
+// each run a DHT lookup.
+type Directory struct {
+	node func() *dhtnode.Node
+	now  func() time.Time
+
+	mu    sync.Mutex
+	cache map[identity.ID]cached
+}
+
+type cached struct {
+	r   Record
+	err error
+	exp time.Time
+}
+
+const (
+	positiveTTL = 30 * time.Second
+	negativeTTL = 5 * time.Second
+	maxCached   = 4096
+)
+
+// New returns a Directory on the DHT node node returns (nil: not started).
+func New(node func() *dhtnode.Node, now func() time.Time) *Directory {
+	if now == nil {
+		now = time.Now
+	}
+	return &Directory{node: node, now: now, cache: map[identity.ID]cached{}}
+}
+
+// Resolve returns id's record.
+func (d *Directory) Resolve(ctx context.Context, id identity.ID) (Record, error) {
+	now := d.now()
+	d.mu.Lock()
+	if c, ok := d.cache[id]; ok && now.Before(c.exp) {
+		d.mu.Unlock()
+		return c.r, c.err
+	}
+	d.mu.Unlock()
+	n := d.node()
+	if n == nil {
+		return Record{}, errors.New("directory: DHT not running")
+	}
+	r, err := Lookup(ctx, n, id, now)
+	if ctx.Err() != nil {
+		return r, err // not the record's fault: do not cache
+	}
+	ttl := positiveTTL
+	if err != nil {
+		ttl = negativeTTL
+	}
+	d.mu.Lock()
+	if len(d.cache) >= maxCached {
+		for k, c := range d.cache {
+			if !now.Before(c.exp) || len(d.cache) >= maxCached {
+				delete(d.cache, k)
+			}
+		}
+	}
+	d.cache[id] = cached{r: r, err: err, exp: now.Add(ttl)}
+	d.mu.Unlock()
+	return r, err
+}
+
+// Forget drops id's cached answer (a dial with it failed).
+func (d *Directory) Forget(id identity.ID) {
+	d.mu.Lock()
+	delete(d.cache, id)
+	d.mu.Unlock()
 }
