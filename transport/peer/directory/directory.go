@@ -11,10 +11,13 @@
 // plugins/registry/dhtpub: a name-derived key would be public; here the
 // key is the node's own.)
 //
-// The payload is JSON: small (well under the DHT's 2 KiB limit with every
-// list full), readable by other implementations, and decoded strictly
-// (unknown fields, oversize, too many entries, bad addresses refused), so a
-// record means one thing to every reader. Lookups check owner, signature
+// The payload is JSON: small, readable by other implementations, and
+// decoded strictly (unknown fields, oversize, too many entries, bad
+// addresses refused), so a record means one thing to every reader. A
+// signed value carries at most 896 bytes (record.MaxSignedData); a record
+// with every list full of IPv6 addresses is larger, so Fit drops the least
+// useful entries (last TCP candidates, supernodes, last UDP candidates,
+// extra relays) before signing rather than not publishing at all. Lookups check owner, signature
 // and age before anything is believed.
 package directory
 
@@ -25,6 +28,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -161,8 +165,48 @@ func Unmarshal(id identity.ID, b []byte) (Record, error) {
 	return r, nil
 }
 
-// Value signs r as kp's DHT value (r.ID is set to kp's id).
+// Fit returns r with its least useful entries dropped until its payload
+// fits a signed DHT value: TCP candidates from the last (no dialer uses
+// them yet), then supernodes, then UDP candidates down to two (best first:
+// mapping and reflexive address), then relays down to one, then the last
+// UDP candidates. Lists are copied, never shortened in place. A record
+// that fits, or one that is malformed, is returned as it is.
+func (r Record) Fit() Record {
+	if r.check() != nil || r.fits() {
+		return r
+	}
+	r.UDP = slices.Clone(r.UDP)
+	r.TCP = slices.Clone(r.TCP)
+	r.Relays = slices.Clone(r.Relays)
+	r.Supernodes = slices.Clone(r.Supernodes)
+	for !r.fits() {
+		switch {
+		case len(r.TCP) > 0:
+			r.TCP = r.TCP[:len(r.TCP)-1]
+		case len(r.Supernodes) > 0:
+			r.Supernodes = r.Supernodes[:len(r.Supernodes)-1]
+		case len(r.UDP) > 2:
+			r.UDP = r.UDP[:len(r.UDP)-1]
+		case len(r.Relays) > 1:
+			r.Relays = r.Relays[:len(r.Relays)-1]
+		case len(r.UDP) > 0:
+			r.UDP = r.UDP[:len(r.UDP)-1]
+		default:
+			return r // cannot happen within the limits: Marshal reports it
+		}
+	}
+	return r
+}
+
+func (r *Record) fits() bool {
+	b, err := json.Marshal(r)
+	return err == nil && len(b) <= record.MaxSignedData
+}
+
+// Value signs r as kp's DHT value (r.ID is set to kp's id). A record too
+// large for a signed value is trimmed first (see Fit).
 func Value(kp *identity.KeyPair, r Record) (record.Value, error) {
+	r = r.Fit()
 	r.ID = kp.ID()
 	b, err := r.Marshal()
 	if err != nil {

@@ -74,6 +74,7 @@ func (p *Publisher) Run(ctx context.Context) {
 		// A newer record needs a higher sequence number: one second more
 		// than the last at least.
 		r.Issued = max(now().Unix(), lastIssued+1)
+		r = r.Fit() // what is stored, for the log and Published
 		pctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 		err = Publish(pctx, n, p.Key, r)
 		cancel()
