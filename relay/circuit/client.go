@@ -138,6 +138,13 @@ func Dial(ctx context.Context, tr *quic.Transport, w PacketWriter, kp *identity.
 // Relay returns the relay's address.
 func (c *Client) Relay() netip.AddrPort { return c.relay }
 
+// Live returns how many of the client's sessions have not ended.
+func (c *Client) Live() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.sess) - len(c.ended)
+}
+
 // Done is closed when the control connection has ended (and with it the
 // reservation and every session): the client is then of no more use.
 func (c *Client) Done() <-chan struct{} { return c.conn.Context().Done() }

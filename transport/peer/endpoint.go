@@ -84,6 +84,9 @@ type Config struct {
 	RetryMin, RetryMax time.Duration
 	// PunchDelay delays the first punch after a connection is up (0).
 	PunchDelay time.Duration
+	// RelayIdle closes a client of another node's relay after this long
+	// without a live session (1 min).
+	RelayIdle time.Duration
 	// MaxPeers bounds peers with a connection (1024); MaxStreams the
 	// streams a peer may have open at once (256).
 	MaxPeers   int
@@ -108,6 +111,9 @@ func (c *Config) defaults() {
 	}
 	if c.MaxPeers <= 0 {
 		c.MaxPeers = 1024
+	}
+	if c.RelayIdle <= 0 {
+		c.RelayIdle = time.Minute
 	}
 	if c.MaxStreams <= 0 {
 		c.MaxStreams = 256
@@ -148,6 +154,9 @@ type relayEntry struct {
 	cli   *circuit.Client
 	ready chan struct{} // closed when cli (or err) is set
 	err   error
+	// idleSince is when the client last had no live session (0: it has
+	// some); a client of another node's relay is closed after RelayIdle.
+	idleSince int64
 }
 
 // peerConn is one end-to-end connection.
@@ -775,6 +784,7 @@ func (e *Endpoint) watch() {
 		case <-t.C:
 		}
 		now := e.pc.now()
+		e.closeIdleRelays(now)
 		e.pc.mu.RLock()
 		routes := make([]*route, 0, len(e.pc.routes))
 		for _, r := range e.pc.routes {
@@ -808,6 +818,52 @@ func (e *Endpoint) watch() {
 			}
 		}
 	}
+}
+
+// closeIdleRelays closes the clients of relays dialed for other nodes
+// (not this node's own reservations) that have carried no session for
+// RelayIdle: a node that reached many peers through their relays does not
+// keep a control connection to each forever.
+func (e *Endpoint) closeIdleRelays(now int64) {
+	own := map[netip.AddrPort]bool{}
+	for _, ri := range e.cfg.Relays {
+		own[netip.AddrPortFrom(ri.Addr.Addr().Unmap(), ri.Addr.Port())] = true
+	}
+	var idle []*circuit.Client
+	e.mu.Lock()
+	for ap, r := range e.relays {
+		select {
+		case <-r.ready:
+		default:
+			continue
+		}
+		if r.cli == nil || own[ap] {
+			continue
+		}
+		if r.cli.Live() > 0 {
+			r.idleSince = 0
+			continue
+		}
+		if r.idleSince == 0 {
+			r.idleSince = now
+			continue
+		}
+		if now-r.idleSince > int64(e.cfg.RelayIdle) {
+			delete(e.relays, ap)
+			idle = append(idle, r.cli)
+		}
+	}
+	e.mu.Unlock()
+	for _, c := range idle {
+		c.Close()
+	}
+}
+
+// RelayClients is how many relay control connections the endpoint holds.
+func (e *Endpoint) RelayClients() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.relays)
 }
 
 // staleRoute is how long a route may exist without a connection.

@@ -80,10 +80,12 @@ type lab struct {
 
 func newLab(t *testing.T) *lab { return newLabB(t) }
 
-func newLabB(t testing.TB) *lab {
+func newLabB(t testing.TB) *lab { return newLabWith(t, circuit.Config{}) }
+
+func newLabWith(t testing.TB, cfg circuit.Config) *lab {
 	t.Helper()
 	kp := newKey(t)
-	srv := circuit.NewServer(kp, circuit.Config{})
+	srv := circuit.NewServer(kp, cfg)
 	ap, err := srv.Listen("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -127,7 +129,7 @@ func (l *lab) nodeB(t testing.TB, mod func(*peer.Config)) *node {
 		mux.Close()
 	})
 	l.resolver.set(kp.ID(), peer.Info{Relays: []peer.RelayInfo{l.relay}, Direct: []netip.AddrPort{mux.LocalAddr()}})
-	waitFor(t, 10*time.Second, "reservation", func() bool { return len(e.Reserved()) == 1 })
+	waitFor(t, 10*time.Second, "reservation", func() bool { return len(e.Reserved()) == len(cfg.Relays) })
 	return &node{e: e, ev: ev, mux: mux}
 }
 
@@ -460,5 +462,34 @@ func TestListenerQueue(t *testing.T) {
 	ln.Close()
 	if _, err := a.e.Dial(ctx, b.e.ID(), "slow"); !errors.Is(err, peer.ErrNoProtocol) {
 		t.Fatalf("after Close: %v, want ErrNoProtocol", err)
+	}
+}
+
+// TestIdleRelayClientClosed: a node that reached a peer through the peer's
+// relay drops that relay's control connection once no session runs on it
+// for RelayIdle (its own reservations' relays stay).
+func TestIdleRelayClientClosed(t *testing.T) {
+	l := newLabWith(t, circuit.Config{Session: circuit.Limits{MaxDuration: time.Second}})
+	b := l.node(t, nil)
+	serveEcho(t, b, "echo")
+	a := l.node(t, func(c *peer.Config) {
+		c.Relays = nil     // no reservation of its own
+		c.Candidates = nil // stays on the relay
+		c.RelayIdle = 300 * time.Millisecond
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	s, err := a.e.Dial(ctx, b.e.ID(), "echo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if n := a.e.RelayClients(); n != 1 {
+		t.Fatalf("%d relay clients after the dial, want 1", n)
+	}
+	// The relay cuts the session after 1 s; 300 ms later the client goes.
+	waitFor(t, 10*time.Second, "the idle relay client closed", func() bool { return a.e.RelayClients() == 0 })
+	if n := b.e.RelayClients(); n != 1 {
+		t.Fatalf("b holds %d relay clients, want its own reservation's", n)
 	}
 }
