@@ -169,6 +169,11 @@ func ParseResponse(b []byte) (Response, error) {
 		if err := ec.GetFrom(m); err != nil {
 			return Response{}, malformed("error response: %v", err)
 		}
+		// RFC 5389 §15.6: classes 3 to 6. A code outside them (0 would
+		// read as success) makes the response malformed.
+		if ec.Code < 300 || ec.Code > 699 {
+			return Response{}, malformed("error code %d", ec.Code)
+		}
 		r.ErrorCode = int(ec.Code)
 		return r, nil
 	default:
