@@ -376,10 +376,16 @@ func (e *Endpoint) relay(ctx context.Context, ri RelayInfo) (*circuit.Client, er
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
-		if r.cli != nil && r.id == ri.ID {
+		if r.cli != nil {
 			select {
 			case <-r.cli.Done():
 			default:
+				if r.id != ri.ID {
+					// A record naming the relay we know at this address
+					// with another id is wrong (the TLS check would fail):
+					// keep ours.
+					return nil, fmt.Errorf("peer: the relay at %s is %s, not %s", ap, r.id, ri.ID)
+				}
 				return r.cli, nil
 			}
 		}
@@ -389,6 +395,9 @@ func (e *Endpoint) relay(ctx context.Context, ri RelayInfo) (*circuit.Client, er
 			delete(e.relays, ap)
 		}
 		e.mu.Unlock()
+		if r.cli != nil {
+			r.cli.Close() // its control connection has ended
+		}
 		if r.err != nil {
 			return nil, r.err
 		}

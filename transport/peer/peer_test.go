@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -491,5 +492,29 @@ func TestIdleRelayClientClosed(t *testing.T) {
 	waitFor(t, 10*time.Second, "the idle relay client closed", func() bool { return a.e.RelayClients() == 0 })
 	if n := b.e.RelayClients(); n != 1 {
 		t.Fatalf("b holds %d relay clients, want its own reservation's", n)
+	}
+}
+
+// TestWrongRelayIDKeepsOwnRelay: a peer record naming this node's relay
+// address with another id fails the dial and leaves this node's own
+// reservation there working.
+func TestWrongRelayIDKeepsOwnRelay(t *testing.T) {
+	l := newLab(t)
+	a, b := l.node(t, nil), l.node(t, nil)
+	serveEcho(t, a, "echo")
+	c := newKey(t)
+	l.resolver.set(c.ID(), peer.Info{Relays: []peer.RelayInfo{{ID: newKey(t).ID(), Addr: l.relay.Addr}}})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := a.e.Dial(ctx, c.ID(), "echo"); err == nil || !strings.Contains(err.Error(), "not") {
+		t.Fatalf("dial through a relay named with the wrong id: %v", err)
+	}
+	s, err := b.e.Dial(ctx, a.e.ID(), "echo")
+	if err != nil {
+		t.Fatalf("a is no longer reachable through its relay: %v", err)
+	}
+	defer s.Close()
+	if err := pump(s, 4096, nil); err != nil {
+		t.Fatal(err)
 	}
 }
