@@ -16,6 +16,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/elacity/pc2/core/pipes"
+
 	"github.com/elacity/pc2/gateway/clienthello"
 	"github.com/elacity/pc2/gateway/proxyproto"
 )
@@ -39,8 +41,8 @@ const (
 
 	drainTime  = time.Second // how long an alert's sender reads what the client still sends
 	drainBytes = 64 << 10
-	burstLimit = pipeSize // bytes one direction moves before others get a turn (1 MiB: 11% more with 8 streams than 4 MiB)
-	acceptMax  = 64       // accepts per listener event, for fairness
+	burstLimit = pipes.Size // bytes one direction moves before others get a turn (1 MiB: 11% more with 8 streams than 4 MiB)
+	acceptMax  = 64         // accepts per listener event, for fairness
 )
 
 type lstate uint8
@@ -79,7 +81,7 @@ type lconn struct {
 
 // ldir is one direction of a relayed connection.
 type ldir struct {
-	p   *pipe
+	p   *pipes.Pipe
 	eof bool
 	n   int64
 }
@@ -141,7 +143,7 @@ type loop struct {
 
 	hello, dial, drain, relay llist
 	maxPending                int
-	pipes                     pipePool
+	pipes                     pipes.Pool
 	scratch                   []byte
 	stop                      atomic.Bool
 
@@ -185,7 +187,7 @@ func (s *Server) serveLoops(ctx context.Context, ln *net.TCPListener) error {
 			}
 			l.epf.Close()
 			unix.Close(l.wakefd)
-			l.pipes.drain()
+			l.pipes.Drain()
 		}
 	}()
 	for range n {
@@ -977,14 +979,14 @@ func (l *loop) move(c *lconn, d *ldir, src, dst int32, srcReady, dstReady *bool)
 		}
 	}()
 	for {
-		if d.p != nil && d.p.data > 0 {
+		if d.p != nil && d.p.Data > 0 {
 			if !*dstReady {
 				return false, nil
 			}
-			n, err := rawSplice(d.p.r, int(dst), d.p.data)
+			n, err := rawSplice(d.p.R, int(dst), d.p.Data)
 			switch err {
 			case nil:
-				d.p.data -= n
+				d.p.Data -= n
 				d.n += int64(n)
 				moved = true
 			case unix.EINTR:
@@ -1007,13 +1009,13 @@ func (l *loop) move(c *lconn, d *ldir, src, dst int32, srcReady, dstReady *bool)
 			return true, nil
 		}
 		if d.p == nil {
-			p, err := l.pipes.get()
+			p, err := l.pipes.Get()
 			if err != nil {
 				return false, err
 			}
 			d.p = p
 		}
-		n, err := rawSplice(int(src), d.p.w, pipeSize)
+		n, err := rawSplice(int(src), d.p.W, pipes.Size)
 		switch {
 		case err == unix.EINTR:
 		case err == unix.EAGAIN:
@@ -1034,7 +1036,7 @@ func (l *loop) move(c *lconn, d *ldir, src, dst int32, srcReady, dstReady *bool)
 			}
 			return false, nil
 		default:
-			d.p.data = n
+			d.p.Data = n
 			budget -= n
 		}
 	}
@@ -1051,7 +1053,7 @@ func (l *loop) touch(c *lconn) {
 
 func (l *loop) putPipe(d *ldir) {
 	if d.p != nil {
-		l.pipes.put(d.p)
+		l.pipes.Put(d.p)
 		d.p = nil
 	}
 }
@@ -1143,7 +1145,7 @@ func (l *loop) close(c *lconn) {
 	l.closeBackend(c)
 	for _, d := range []*ldir{&c.up, &c.down} {
 		if d.p != nil {
-			l.pipes.put(d.p)
+			l.pipes.Put(d.p)
 			d.p = nil
 		}
 	}

@@ -10,12 +10,14 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/elacity/pc2/core/pipes"
 )
 
 // relay moves bytes between two *net.TCPConn with splice(2). Each
 // direction (half) runs on a goroutine while bytes flow:
 //
-//	splice(src → pipe)  as much as is queued, up to pipeSize
+//	splice(src → pipe)  as much as is queued, up to pipes.Size
 //	splice(pipe → dst)  until the pipe is empty
 //
 // waiting in Go's netpoller when src has nothing or dst is full. The pipe
@@ -29,9 +31,12 @@ type relay struct {
 	s        *Server
 	cs       *conn
 	up, down half
-	lastMove atomic.Int64 // unix ns of the last burst either way
-	left     atomic.Int32 // halves not finished
-	shutOnce sync.Once
+	// client and backend as given, closed at the end (a wrapper's Close
+	// must run, see tcpOf)
+	client, backend net.Conn
+	lastMove        atomic.Int64 // unix ns of the last burst either way
+	left            atomic.Int32 // halves not finished
+	shutOnce        sync.Once
 
 	imu      sync.Mutex
 	parkedN  int         // halves parked (guarded by imu)
@@ -45,7 +50,7 @@ type half struct {
 	srcRC    syscall.RawConn
 	dstRC    syscall.RawConn
 	srcFD    int32
-	p        *pipe
+	p        *pipes.Pipe
 	n        int64  // bytes moved; read by the last finisher
 	added    bool   // srcFD is in the parker's epoll set
 	copyBuf  []byte // only when no pipe could be made (descriptor limit)
@@ -58,8 +63,8 @@ var (
 )
 
 func (s *Server) startRelay(cs *conn, client, backend net.Conn) {
-	ct, cok := client.(*net.TCPConn)
-	bt, bok := backend.(*net.TCPConn)
+	ct, cok := tcpOf(client)
+	bt, bok := tcpOf(backend)
 	if !cok || !bok {
 		s.startCopyRelay(cs, client, backend)
 		return
@@ -72,7 +77,7 @@ func (s *Server) startRelay(cs *conn, client, backend net.Conn) {
 		s.startCopyRelay(cs, client, backend)
 		return
 	}
-	r := &relay{s: s, cs: cs}
+	r := &relay{s: s, cs: cs, client: client, backend: backend}
 	r.up = half{r: r, src: ct, dst: bt, srcRC: crc, dstRC: brc, srcFD: cfd}
 	r.down = half{r: r, src: bt, dst: ct, srcRC: brc, dstRC: crc, srcFD: bfd}
 	r.left.Store(2)
@@ -82,6 +87,20 @@ func (s *Server) startRelay(cs *conn, client, backend net.Conn) {
 	// start per connection. Its grown stack goes when that direction parks.
 	go r.up.run()
 	r.down.run()
+}
+
+// tcpOf returns the TCP socket under c: c itself, or the one a wrapper
+// exposes because it must still see Close (a tunnel data connection
+// counts its node's visitors).
+func tcpOf(c net.Conn) (*net.TCPConn, bool) {
+	switch t := c.(type) {
+	case *net.TCPConn:
+		return t, true
+	case interface{ TCP() *net.TCPConn }:
+		tc := t.TCP()
+		return tc, tc != nil
+	}
+	return nil, false
 }
 
 func rawFD(rc syscall.RawConn) (int32, error) {
@@ -151,7 +170,7 @@ func (h *half) burst() error {
 	)
 	rerr := h.srcRC.Read(func(fd uintptr) bool {
 		if h.p == nil {
-			p, err := sharedPipes.get()
+			p, err := pipes.Shared.Get()
 			if err != nil {
 				n, serr = h.copyBurst(int(fd))
 				if serr == unix.EAGAIN {
@@ -163,7 +182,7 @@ func (h *half) burst() error {
 			h.p = p
 		}
 		for {
-			m, err := unix.Splice(int(fd), nil, h.p.w, nil, pipeSize, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+			m, err := unix.Splice(int(fd), nil, h.p.W, nil, pipes.Size, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
 			switch err {
 			case nil:
 				n = int(m)
@@ -172,7 +191,7 @@ func (h *half) burst() error {
 				continue
 			case unix.EAGAIN:
 				// Nothing queued: give the pipe back before waiting.
-				sharedPipes.put(h.p)
+				pipes.Shared.Put(h.p)
 				h.p = nil
 				return h.wait()
 			default:
@@ -200,15 +219,15 @@ func (h *half) burst() error {
 	if h.p == nil {
 		return nil // moved by copyBurst
 	}
-	h.p.data = n
+	h.p.Data = n
 	var werr error
 	waited := false
 	rerr = h.dstRC.Write(func(fd uintptr) bool {
-		for h.p.data > 0 {
-			m, err := unix.Splice(h.p.r, nil, int(fd), nil, h.p.data, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+		for h.p.Data > 0 {
+			m, err := unix.Splice(h.p.R, nil, int(fd), nil, h.p.Data, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
 			switch err {
 			case nil:
-				h.p.data -= int(m)
+				h.p.Data -= int(m)
 			case unix.EINTR:
 			case unix.EAGAIN:
 				// dst is full: a reader that takes nothing for
@@ -266,7 +285,7 @@ func (h *half) copyBurst(fd int) (int, error) {
 // starts.
 func (h *half) park() error {
 	if h.p != nil {
-		sharedPipes.put(h.p)
+		pipes.Shared.Put(h.p)
 		h.p = nil
 	}
 	if err := h.src.SetReadDeadline(time.Time{}); err != nil {
@@ -353,7 +372,7 @@ func (r *relay) idleClose() {
 // shut down. The last half closes both and releases the connection.
 func (h *half) end(err error) {
 	if h.p != nil {
-		sharedPipes.put(h.p)
+		pipes.Shared.Put(h.p)
 		h.p = nil
 	}
 	r := h.r
@@ -375,7 +394,7 @@ func (h *half) end(err error) {
 	r.imu.Unlock()
 	r.s.m.BytesUp.Add(float64(r.up.n))
 	r.s.m.BytesDown.Add(float64(r.down.n))
-	r.up.src.Close()
-	r.down.src.Close()
+	r.client.Close()
+	r.backend.Close()
 	r.s.release(r.cs)
 }

@@ -67,6 +67,10 @@ type ClientConfig struct {
 	MaxUDPFlows int
 	UDPIdle     time.Duration
 	Clock       clock.Clock
+	// DataConns is how many idle data connections (dataconn.go) the node
+	// keeps open to SupernodeTCP for TLS passthrough visitors, which then
+	// bypass the tunnel's streams; 0: none, every visitor rides the tunnel.
+	DataConns int
 }
 
 // Client keeps a node's tunnel to one supernode up, forever, and serves
@@ -78,6 +82,9 @@ type Client struct {
 	up        atomic.Bool
 	Connects  atomic.Int64 // successful tunnel handshakes
 	Attempts  atomic.Int64 // tunnel dials, successful or not
+	// DataVisitors counts visitors served on data connections,
+	// DataFailures data connections that failed before a visitor came.
+	DataVisitors, DataFailures atomic.Int64
 	wake      chan struct{}
 	conn      atomic.Pointer[quic.Conn] // the latest tunnel, when on QUIC
 	transport atomic.Value              // string: the current tunnel's transport
@@ -429,6 +436,9 @@ func (c *Client) serveSession(ctx context.Context, sess session) error {
 			closeWhenSilent(q.c, Idle-2*time.Second, time.Second)
 		}()
 	}
+	if c.cfg.DataConns > 0 {
+		c.startDataConns(ctx, sess)
+	}
 	if q, ok := sess.(quicSession); ok && c.ports != nil {
 		c.streamsWG.Add(1)
 		go func() {
@@ -487,19 +497,25 @@ func closeWhenSilent(conn *quic.Conn, limit, tick time.Duration) {
 
 // serveStream connects one visitor stream to its local service.
 func (c *Client) serveStream(ctx context.Context, st stream) {
-	abort := st.Abort
 	_ = st.SetReadDeadline(time.Now().Add(c.cfg.DialTimeout))
 	h, err := ReadHeader(st)
 	if err != nil {
 		c.log.Debug("tunnel: bad stream header", "err", err)
-		abort()
+		st.Abort()
 		return
 	}
 	_ = st.SetReadDeadline(time.Time{})
+	c.serveVisitor(ctx, st, h)
+}
+
+// serveVisitor connects a visitor whose header has been read to its local
+// service (with a PROXY header if configured) and relays until both
+// directions end.
+func (c *Client) serveVisitor(ctx context.Context, st stream, h Header) {
 	local, ok := c.cfg.Services[h.Service]
 	if !ok {
 		c.log.Debug("tunnel: unknown service", "service", h.Service)
-		abort()
+		st.Abort()
 		return
 	}
 	// No TCP keep-alive on the local leg: it costs three setsockopt calls
@@ -510,15 +526,15 @@ func (c *Client) serveStream(ctx context.Context, st stream) {
 	lc, err := d.DialContext(ctx, "tcp", local.Addr)
 	if err != nil {
 		c.log.Warn("tunnel: local service unreachable", "service", h.Service, "addr", local.Addr, "err", err)
-		abort()
+		st.Abort()
 		return
 	}
-	stop := context.AfterFunc(ctx, func() { lc.Close(); abort() })
+	stop := context.AfterFunc(ctx, func() { lc.Close(); st.Abort() })
 	defer stop()
 	if local.ProxyProtocol {
 		if err := writeProxyHeader(lc, h.Visitor); err != nil {
 			lc.Close()
-			abort()
+			st.Abort()
 			return
 		}
 	}
@@ -560,7 +576,11 @@ func relay(lc net.Conn, st stream) {
 		st.CloseWrite()
 	}()
 	var err error
-	if p, ok := st.(peeker); ok {
+	ds, isData := st.(dataStream)
+	ltc, isTCP := lc.(*net.TCPConn)
+	if isData && isTCP {
+		_, err = copyTCP(ltc, ds.TCPConn)
+	} else if p, ok := st.(peeker); ok {
 		_, err = copyFromStream(lc, p)
 	} else {
 		_, err = copyPooled(lc, st)

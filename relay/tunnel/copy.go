@@ -80,7 +80,12 @@ func copyFromStream(dst io.Writer, src peeker) (int64, error) {
 // connection it, too, holds a buffer only while bytes are queued
 // (copyFromTCP), otherwise it falls back to copyPooled.
 func copyToStream(st io.Writer, lc net.Conn) (int64, error) {
-	if tc, ok := lc.(*net.TCPConn); ok {
+	ds, isData := st.(dataStream)
+	tc, ok := lc.(*net.TCPConn)
+	if ok && isData {
+		return copyTCP(ds.TCPConn, tc)
+	}
+	if ok {
 		return copyFromTCP(st, tc)
 	}
 	return copyPooled(st, lc)

@@ -4,6 +4,10 @@ import (
 	"io"
 	"net"
 	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/elacity/pc2/core/pipes"
 )
 
 // copyFromTCP copies src to dst and holds a pooled buffer only while
@@ -58,6 +62,88 @@ func copyFromTCP(dst io.Writer, src *net.TCPConn) (int64, error) {
 		total += int64(n)
 		if werr != nil {
 			return total, werr
+		}
+	}
+}
+
+// copyTCP moves src to dst with splice(2) through a pipe from the shared
+// pool, taken only while src has bytes queued (Go's own TCPConn.ReadFrom
+// splices too, but holds its pipes, two descriptors each, for the whole
+// connection: idle visitors would each keep two). Without a pipe (out of
+// descriptors) it copies through user space.
+func copyTCP(dst, src *net.TCPConn) (int64, error) {
+	srcRC, err1 := src.SyscallConn()
+	dstRC, err2 := dst.SyscallConn()
+	if err1 != nil || err2 != nil {
+		return copyFromTCP(dst, src)
+	}
+	var total int64
+	for {
+		var (
+			p    *pipes.Pipe
+			serr error
+		)
+		err := srcRC.Read(func(fd uintptr) bool {
+			if p == nil {
+				if p, serr = pipes.Shared.Get(); serr != nil {
+					return true
+				}
+			}
+			for {
+				n, err := unix.Splice(int(fd), nil, p.W, nil, pipes.Size, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+				switch err {
+				case nil:
+					p.Data = int(n)
+					return true
+				case unix.EINTR:
+					continue
+				case unix.EAGAIN:
+					pipes.Shared.Put(p) // nothing queued: wait without it
+					p = nil
+					return false
+				}
+				serr = err
+				return true
+			}
+		})
+		if p == nil && serr != nil && err == nil {
+			// No pipe: this burst goes through user space.
+			n, cerr := copyFromTCP(dst, src)
+			return total + n, cerr
+		}
+		if err == nil {
+			err = serr
+		}
+		if err != nil || p.Data == 0 {
+			if p != nil {
+				pipes.Shared.Put(p)
+			}
+			return total, err // nil at EOF
+		}
+		total += int64(p.Data)
+		var werr error
+		err = dstRC.Write(func(fd uintptr) bool {
+			for p.Data > 0 {
+				n, err := unix.Splice(p.R, nil, int(fd), nil, p.Data, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+				switch err {
+				case nil:
+					p.Data -= int(n)
+				case unix.EINTR:
+				case unix.EAGAIN:
+					return false // dst full: wait for room
+				default:
+					werr = err
+					return true
+				}
+			}
+			return true
+		})
+		pipes.Shared.Put(p) // closed, with its bytes, if the write failed
+		if err == nil {
+			err = werr
+		}
+		if err != nil {
+			return total, err
 		}
 	}
 }

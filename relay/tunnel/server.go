@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -54,6 +55,13 @@ type ServerConfig struct {
 	// Ports maps public ports to node services (ports.go); Ports.Min 0:
 	// none.
 	Ports PortConfig
+	// DataConnsPerNode bounds the idle data connections (dataconn.go) a
+	// node may hold here (16); negative: data connections are refused.
+	DataConnsPerNode int
+	// DataServices are the services whose visitors may ride data
+	// connections: only services whose visitor bytes are TLS end to end
+	// (default: "https", the SNI gateway's passthrough).
+	DataServices []string
 }
 
 // wakeMessage is what a restarted supernode sends to the nodes it served
@@ -75,10 +83,13 @@ type Server struct {
 	wg       sync.WaitGroup
 	Accepted atomic.Int64 // tunnels accepted since start
 	Refused  atomic.Int64 // handshakes refused by the rate limit
-	tr       *quic.Transport
-	ln       *quic.Listener
-	tcpLn    net.Listener // nil: no TCP fallback endpoint
-	closed   bool         // under mu
+	// Data connections (dataconn.go): accepted into a pool, refused,
+	// carrying a visitor, found closed when taken.
+	DataConns, DataRefused, DataUsed, DataStale atomic.Int64
+	tr                                          *quic.Transport
+	ln                                          *quic.Listener
+	tcpLn                                       net.Listener // nil: no TCP fallback endpoint
+	closed                                      bool         // under mu
 	// live tunnels by transport (current and draining)
 	quicTunnels, tcpTunnels atomic.Int64
 	closeOnce               sync.Once
@@ -92,7 +103,8 @@ type tunnelConn struct {
 	// ports' control streams and UDP datagrams (ports.go) need QUIC.
 	conn    *quic.Conn
 	streams atomic.Int64
-	rate    *bucket // nil: unlimited
+	rate    *bucket   // nil: unlimited
+	data    *dataPool // nil: no data connections
 	// draining: a newer tunnel of the same node took over; this one
 	// ends when its last visitor stream closes.
 	draining atomic.Bool
@@ -124,6 +136,12 @@ func NewServer(kp *identity.KeyPair, cfg ServerConfig) *Server {
 	}
 	if cfg.HandshakeBurst <= 0 {
 		cfg.HandshakeBurst = 200
+	}
+	if cfg.DataConnsPerNode == 0 {
+		cfg.DataConnsPerNode = 16
+	}
+	if cfg.DataServices == nil {
+		cfg.DataServices = []string{"https"}
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -228,6 +246,13 @@ func (s *Server) register(id identity.ID, sess session) {
 	if s.cfg.BytesPerSecond > 0 {
 		t.rate = newBucket(s.cfg.BytesPerSecond, max(s.cfg.BytesPerSecond, 256<<10))
 	}
+	if s.cfg.DataConnsPerNode > 0 && t.rate == nil {
+		if keys, err := dataKeysOf(sess); err == nil {
+			t.data = &dataPool{keys: keys, max: s.cfg.DataConnsPerNode}
+		} else {
+			s.log.Warn("tunnel: no data connections", "node", id, "err", err)
+		}
+	}
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -265,6 +290,9 @@ func (s *Server) register(id identity.ID, sess session) {
 		delete(s.live, t)
 		s.mu.Unlock()
 		count.Add(-1)
+		if t.data != nil {
+			t.data.close()
+		}
 		if current && s.ports != nil {
 			s.ports.detach(id) // its ports are held for it
 		}
@@ -327,6 +355,11 @@ func (s *Server) Dial(ctx context.Context, id identity.ID, service string, visit
 	if a, ok := visitor.(*net.TCPAddr); ok {
 		ap := a.AddrPort()
 		h.Visitor = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	if t.data != nil && slices.Contains(s.cfg.DataServices, service) {
+		if c := s.dialData(t, h); c != nil {
+			return c, nil
+		}
 	}
 	var buf [MaxHeaderLen]byte
 	hdr, err := h.AppendBinary(buf[:0])

@@ -28,6 +28,9 @@ type session interface {
 	LocalAddr() net.Addr
 	RemoteAddr() net.Addr
 	Transport() string
+	// exportKey exports keying material from the session's TLS 1.3
+	// handshake (RFC 8446 §7.5): the same bytes on both ends.
+	exportKey(label string, length int) ([]byte, error)
 }
 
 // stream is one visitor's bidirectional byte stream.
@@ -70,6 +73,10 @@ func (s quicSession) Context() context.Context { return s.c.Context() }
 func (s quicSession) LocalAddr() net.Addr      { return s.c.LocalAddr() }
 func (s quicSession) RemoteAddr() net.Addr     { return s.c.RemoteAddr() }
 func (s quicSession) Transport() string        { return TransportQUIC }
+func (s quicSession) exportKey(label string, n int) ([]byte, error) {
+	st := s.c.ConnectionState().TLS
+	return st.ExportKeyingMaterial(label, nil, n)
+}
 
 // quicStream is a QUIC stream: FIN, STOP_SENDING and RESET_STREAM give
 // every stream operation its exact meaning.

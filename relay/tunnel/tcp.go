@@ -90,6 +90,7 @@ func muxConfig(window uint32) *yamux.Config {
 // tcpSession is a tunnel on one TLS connection, streams by yamux.
 type tcpSession struct {
 	mux    *yamux.Session
+	tls    *tls.Conn
 	ctx    context.Context
 	cancel context.CancelCauseFunc
 }
@@ -116,6 +117,7 @@ func newTCPSession(conn net.Conn, server bool) (*tcpSession, error) {
 		return nil, fmt.Errorf("tunnel: start multiplexer: %w", err)
 	}
 	s := &tcpSession{mux: m, ctx: ctx, cancel: cancel}
+	s.tls, _ = conn.(*tls.Conn)
 	if server {
 		// Nodes open no streams (QUIC: MaxIncomingStreams -1). yamux has
 		// no such limit, and its accept backlog also bounds our own
@@ -159,6 +161,13 @@ func (s *tcpSession) Context() context.Context { return s.ctx }
 func (s *tcpSession) LocalAddr() net.Addr      { return s.mux.LocalAddr() }
 func (s *tcpSession) RemoteAddr() net.Addr     { return s.mux.RemoteAddr() }
 func (s *tcpSession) Transport() string        { return TransportTCP }
+func (s *tcpSession) exportKey(label string, n int) ([]byte, error) {
+	if s.tls == nil {
+		return nil, errors.New("tunnel: tcp session without TLS")
+	}
+	st := s.tls.ConnectionState()
+	return st.ExportKeyingMaterial(label, nil, n)
+}
 
 // tcpStream is a yamux stream. yamux has no reset: Close, CloseWrite and
 // Abort all send a FIN.
@@ -204,6 +213,22 @@ func (c *coalescingConn) Write(p []byte) (int, error) {
 		return len(p), nil
 	}
 	return c.Conn.Write(p)
+}
+
+// prefixConn gives back bytes already read from its connection before
+// reading on.
+type prefixConn struct {
+	net.Conn
+	first []byte
+}
+
+func (c *prefixConn) Read(b []byte) (int, error) {
+	if len(c.first) > 0 {
+		n := copy(b, c.first)
+		c.first = c.first[n:]
+		return n, nil
+	}
+	return c.Conn.Read(b)
 }
 
 // dialTCP connects to the supernode's TCP endpoint and waits for the
@@ -320,7 +345,23 @@ func (s *Server) acceptTCP(ln net.Listener, tlsConf *tls.Config) {
 func (s *Server) handshakeTCP(c net.Conn, tlsConf *tls.Config) {
 	setUserTimeout(c, tcpDeadAfter)
 	c.SetDeadline(time.Now().Add(tcpHandshakeTimeout))
-	tc := tls.Server(c, tlsConf)
+	// The first byte tells a TLS handshake (0x16) from a data connection
+	// (dataconn.go).
+	var first [1]byte
+	if _, err := io.ReadFull(c, first[:]); err != nil {
+		c.Close()
+		return
+	}
+	if first[0] == dataMagic[0] {
+		if tcp, ok := c.(*net.TCPConn); ok && s.cfg.DataConnsPerNode > 0 {
+			s.acceptData(tcp, first[0])
+			return
+		}
+		s.DataRefused.Add(1)
+		c.Close()
+		return
+	}
+	tc := tls.Server(&prefixConn{Conn: c, first: first[:]}, tlsConf)
 	if err := tc.Handshake(); err != nil {
 		s.log.Debug("tunnel: tcp handshake", "from", c.RemoteAddr(), "err", err)
 		c.Close()
