@@ -21,6 +21,7 @@ func TestWriteSeedCorpus(t *testing.T) {
 		"FuzzTunnelTCPSession":  tunnelTCPSeeds(),
 		"FuzzTunnelControl":     tunnelControlSeeds(),
 		"FuzzTunnelDatagram":    tunnelDatagramSeeds(),
+		"FuzzTunnelDataConn":    tunnelDataSeeds(),
 		"FuzzMeshFrame":         meshFrameSeeds(),
 		"FuzzMeshForwardHeader": meshForwardSeeds(),
 		"FuzzPeerStreamHeader":  peerHeaderSeeds(),

@@ -23,8 +23,12 @@ LAT_N=${LAT_N:-500}         # latency samples per target
 LOAD_RATE=${LOAD_RATE:-1000} # fixed connection rate for RSS under load
 LOAD_D=${LOAD_D:-6s}
 ROUNDS=${ROUNDS:-3}
-# Our transports to measure: QUIC and the TLS-over-TCP fallback (yamux).
-OURS_MODES=${OURS_MODES:-quic tcp}
+# Our transports to measure: QUIC, the TLS-over-TCP fallback (yamux), and
+# the TCP tunnel with data connections for the passthrough visitors
+# (relay/tunnel/dataconn.go; DATA_CONNS idle per node).
+OURS_MODES=${OURS_MODES:-quic tcp tcp+data}
+DATA_CONNS=${DATA_CONNS:-4}
+PEERS=${PEERS:-frp-tcp frp-quic}
 # Below the ephemeral range (32768–60999 here), so no outgoing connection
 # of a concurrent test can hold one of these ports.
 P=${BASE_PORT:-23600}
@@ -65,8 +69,10 @@ start_server() {
 	local sys=$1 off=$2
 	case $sys in
 	ours-*)
+		local mode=${sys#ours-} data=0
+		[[ $mode == *+data ]] && data=$DATA_CONNS
 		"$TB" ours-server -sni "127.0.0.1:$((OURS_SNI + off))" -tunnel "127.0.0.1:$((OURS_UDP + off))" & SRV_PID=$!
-		CLI=("$TB" ours-client -supernode "127.0.0.1:$((OURS_UDP + off))" -local "127.0.0.1:$B" -transport "${sys#ours-}")
+		CLI=("$TB" ours-client -supernode "127.0.0.1:$((OURS_UDP + off))" -local "127.0.0.1:$B" -transport "${mode%+data}" -data-conns "$data")
 		ENTRY=$((OURS_SNI + off)) ;;
 	frp-tcp)
 		"$FB" frps -bind "127.0.0.1:$((FT_BIND + off))" -vhost "127.0.0.1:$((FT_VHOST + off))" & SRV_PID=$!
@@ -85,7 +91,7 @@ start_server() {
 
 SYSTEMS=()
 for m in $OURS_MODES; do SYSTEMS+=("ours-$m"); done
-SYSTEMS+=(frp-tcp frp-quic)
+for m in $PEERS; do SYSTEMS+=("$m"); done
 
 log "cores: $(nproc); load before run: $(cut -d' ' -f1-3 /proc/loadavg); $(go version)"
 "$TB" backend -listen "127.0.0.1:$B" -dir "$OUT" & PIDS+=($!)

@@ -82,3 +82,56 @@ func testTunnelTarget(t *testing.T, configDial bool) {
 	defer c.Close()
 	echoOnce(t, c)
 }
+
+// wrappedTCP is a tunnel data connection as relay/tunnel returns it: a TCP
+// socket that the relay may splice (TCP), wrapped so that its Close runs.
+type wrappedTCP struct {
+	*net.TCPConn
+	closes *atomic.Int32
+}
+
+func (w wrappedTCP) TCP() *net.TCPConn { return w.TCPConn }
+func (w wrappedTCP) Close() error      { w.closes.Add(1); return w.TCPConn.Close() }
+
+type wrappingTunnels struct {
+	backend string
+	closes  atomic.Int32
+}
+
+func (f *wrappingTunnels) Has(identity.ID) bool { return true }
+func (f *wrappingTunnels) Dial(ctx context.Context, _ identity.ID, _ string, _ net.Addr) (net.Conn, error) {
+	c, err := (&net.Dialer{}).DialContext(ctx, "tcp", f.backend)
+	if err != nil {
+		return nil, err
+	}
+	return wrappedTCP{c.(*net.TCPConn), &f.closes}, nil
+}
+
+// TestWrappedTCPBackend: a tunnel target that returns a wrapped TCP socket
+// (a data connection) is relayed like any TCP backend, and the wrapper's
+// Close, which returns the node's stream quota, runs exactly once when the
+// visitor leaves.
+func TestWrappedTCPBackend(t *testing.T) {
+	cert, pool := newCert(t)
+	backend := listen(t)
+	tlsBackend(t, backend, cert, false, nil)
+	tun := &wrappingTunnels{backend: backend.Addr().String()}
+	e := startProxy(t, sniproxy.Config{Router: sniproxy.NewTunnelRouter(oneName{target: sniproxy.TunnelTarget}, oneName{}, tun, false)}, false)
+	d := &net.Dialer{Timeout: 5 * time.Second, Deadline: time.Now().Add(5 * time.Second)}
+	c, err := tls.DialWithDialer(d, "tcp", e.proxyAddr, clientConfig(pool))
+	if err != nil {
+		t.Fatal(err)
+	}
+	echoOnce(t, c)
+	if n := tun.closes.Load(); n != 0 {
+		t.Fatalf("backend closed %d times while the visitor is connected", n)
+	}
+	c.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for tun.closes.Load() == 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := tun.closes.Load(); n != 1 {
+		t.Fatalf("wrapper closed %d times, want 1", n)
+	}
+}

@@ -47,6 +47,10 @@ type ServerServiceConfig struct {
 	AdmitAll bool     `yaml:"admitAll"`
 	// Ports are the port-mapped endpoints (ports.go).
 	Ports PortsConfig `yaml:"ports"`
+	// DataConnsPerNode bounds the idle data connections one node may
+	// hold at the TCP endpoint for its TLS passthrough visitors
+	// (dataconn.go); 16, 0: refuse them.
+	DataConnsPerNode int `yaml:"dataConnsPerNode"`
 }
 
 // PortsConfig is the "ports" part of the "tunnel" section.
@@ -105,7 +109,7 @@ func (s *ServerService) Server() *Server { return s.srv.Load() }
 
 // Start implements host.Service.
 func (s *ServerService) Start(ctx context.Context, h host.Handle) error {
-	c := ServerServiceConfig{Listen: ":8090", MaxStreamsPerNode: 10000, HandshakesPerSecond: 100, HandshakeBurst: 200,
+	c := ServerServiceConfig{Listen: ":8090", MaxStreamsPerNode: 10000, HandshakesPerSecond: 100, HandshakeBurst: 200, DataConnsPerNode: 16,
 		Ports: PortsConfig{Range: "20000-22000", PerNode: 4, Hold: 5 * time.Minute, UDPFlows: 1024, UDPIdle: time.Minute,
 			TCPConns: 1024, TCPConnsPerSource: 64}}
 	if h.Config().Dev {
@@ -131,6 +135,13 @@ func (s *ServerService) Start(ctx context.Context, h host.Handle) error {
 	}
 	if c.MaxStreamsPerNode < 1 || c.HandshakesPerSecond <= 0 || c.HandshakeBurst < 1 || c.BytesPerSecond < 0 {
 		errs = append(errs, sec.Errorf("maxStreamsPerNode", "maxStreamsPerNode, handshakesPerSecond and handshakeBurst must be positive, bytesPerSecond not negative"))
+	}
+	if c.DataConnsPerNode < 0 || c.DataConnsPerNode > 1024 {
+		errs = append(errs, sec.Errorf("dataConnsPerNode", "dataConnsPerNode: 0 (none) to 1024"))
+	}
+	dataPerNode := c.DataConnsPerNode
+	if dataPerNode == 0 {
+		dataPerNode = -1 // ServerConfig: negative refuses
 	}
 	pmin, pmax, err := parseRange(c.Ports.Range)
 	if err != nil {
@@ -173,6 +184,7 @@ func (s *ServerService) Start(ctx context.Context, h host.Handle) error {
 		},
 		Admit: admit, MaxStreamsPerNode: c.MaxStreamsPerNode, BytesPerSecond: c.BytesPerSecond,
 		HandshakesPerSecond: c.HandshakesPerSecond, HandshakeBurst: c.HandshakeBurst, Logger: h.Logger(),
+		DataConnsPerNode: dataPerNode,
 		Ports: PortConfig{Min: pmin, Max: pmax, PerNode: c.Ports.PerNode, Hold: c.Ports.Hold, Bind: c.Ports.Bind,
 			UDPFlows: c.Ports.UDPFlows, UDPIdle: c.Ports.UDPIdle, TCPConns: c.Ports.TCPConns, TCPConnsPerSource: c.Ports.TCPConnsPerSource,
 			Clock: h.Clock(), Leases: NewStoreLeases(store)},
@@ -218,6 +230,10 @@ func (s *ServerService) Start(ctx context.Context, h host.Handle) error {
 	}
 	m.Gauge("tunnels_accepted", func() float64 { return float64(srv.Accepted.Load()) })
 	m.Gauge("handshakes_refused", func() float64 { return float64(srv.Refused.Load()) })
+	m.Gauge("data_conns_accepted", func() float64 { return float64(srv.DataConns.Load()) })
+	m.Gauge("data_conns_refused", func() float64 { return float64(srv.DataRefused.Load()) })
+	m.Gauge("data_conns_used", func() float64 { return float64(srv.DataUsed.Load()) })
+	m.Gauge("data_conns_stale", func() float64 { return float64(srv.DataStale.Load()) })
 	if srv.ports != nil {
 		m.Gauge("ports_leased", func() float64 { return float64(len(srv.Leases())) })
 		m.Gauge("ports_granted", func() float64 { return float64(srv.ports.Granted.Load()) })
@@ -288,6 +304,12 @@ type ClientServiceConfig struct {
 		Service string `yaml:"service"`
 		Proto   string `yaml:"proto"`
 	} `yaml:"ports"`
+	// DataConns is how many idle data connections the node keeps at each
+	// supernode's TCP endpoint for TLS passthrough visitors (4; 0: none):
+	// those visitors then skip the tunnel's second encryption and are
+	// spliced at both ends, at the cost of an observer on the node's path
+	// seeing their TLS records (dataconn.go says what exactly).
+	DataConns *int `yaml:"dataConns"`
 }
 
 // SupernodeConfig is one supernode's tunnel endpoint and node id.
@@ -387,6 +409,13 @@ func (s *ClientService) Start(_ context.Context, h host.Handle) error {
 	if len(ports) > maxControlPerStream {
 		errs = append(errs, sec.Errorf("ports", fmt.Sprintf("at most %d ports", maxControlPerStream)))
 	}
+	dataConns := 4
+	if c.DataConns != nil {
+		dataConns = *c.DataConns
+	}
+	if dataConns < 0 || dataConns > 64 {
+		errs = append(errs, sec.Errorf("dataConns", "dataConns: 0 (none) to 64"))
+	}
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
@@ -396,7 +425,7 @@ func (s *ClientService) Start(_ context.Context, h host.Handle) error {
 	}
 	for _, t := range targets {
 		cli := NewClient(h.Identity(), ClientConfig{Supernode: t.addr, SupernodeID: t.id, SupernodeTCP: t.tcp, Transport: c.Transport,
-			Services: services, Shared: shared, Logger: h.Logger(), Ports: ports, Clock: h.Clock()})
+			Services: services, Shared: shared, Logger: h.Logger(), Ports: ports, Clock: h.Clock(), DataConns: dataConns})
 		if err := cli.Start(); err != nil {
 			for _, c := range s.clis {
 				c.Close()

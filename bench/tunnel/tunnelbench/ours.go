@@ -87,6 +87,7 @@ func runOursClient(args []string) error {
 	local := fs.String("local", "127.0.0.1:47600", "local TLS service")
 	n := fs.Int("n", 1, "tunnel clients in this process")
 	transport := fs.String("transport", "quic", "tunnel transport: quic or tcp (the TLS-over-TCP fallback)")
+	dataConns := fs.Int("data-conns", 0, "idle data connections per node for TLS passthrough visitors (0: every visitor rides the tunnel)")
 	watchStdin := fs.Bool("watch-stdin", true, "exit when stdin closes (the parent is gone)")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile here until exit")
 	_ = fs.Parse(args)
@@ -101,6 +102,7 @@ func runOursClient(args []string) error {
 		SupernodeID: supernodeKey().ID(),
 		Services:    map[string]tunnel.Local{sniproxy.TunnelService: {Addr: *local}},
 		LocalUDP:    "127.0.0.1:0",
+		DataConns:   *dataConns,
 	}
 	switch *transport {
 	case "quic":
