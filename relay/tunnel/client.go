@@ -76,24 +76,24 @@ type ClientConfig struct {
 // Client keeps a node's tunnel to one supernode up, forever, and serves
 // the visitor streams that arrive on it.
 type Client struct {
-	cfg       ClientConfig
-	kp        *identity.KeyPair
-	log       *slog.Logger
-	up        atomic.Bool
-	Connects  atomic.Int64 // successful tunnel handshakes
-	Attempts  atomic.Int64 // tunnel dials, successful or not
+	cfg      ClientConfig
+	kp       *identity.KeyPair
+	log      *slog.Logger
+	up       atomic.Bool
+	Connects atomic.Int64 // successful tunnel handshakes
+	Attempts atomic.Int64 // tunnel dials, successful or not
 	// DataVisitors counts visitors served on data connections,
 	// DataFailures data connections that failed before a visitor came.
 	DataVisitors, DataFailures atomic.Int64
-	wake      chan struct{}
-	conn      atomic.Pointer[quic.Conn] // the latest tunnel, when on QUIC
-	transport atomic.Value              // string: the current tunnel's transport
-	streams   atomic.Int64              // visitor streams being served
-	mu        sync.Mutex
-	cancel    context.CancelFunc
-	done      chan struct{}
-	streamsWG sync.WaitGroup
-	ports     *clientPorts // nil: no mapped ports
+	wake                       chan struct{}
+	conn                       atomic.Pointer[quic.Conn] // the latest tunnel, when on QUIC
+	transport                  atomic.Value              // string: the current tunnel's transport
+	streams                    atomic.Int64              // visitor streams being served
+	mu                         sync.Mutex
+	cancel                     context.CancelFunc
+	done                       chan struct{}
+	streamsWG                  sync.WaitGroup
+	ports                      *clientPorts // nil: no mapped ports
 }
 
 // NewClient returns a client; Start runs it.
