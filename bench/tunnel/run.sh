@@ -34,8 +34,8 @@ PEERS=${PEERS:-frp-tcp frp-quic}
 P=${BASE_PORT:-23600}
 B=$P
 OURS_SNI=$((P + 43)) OURS_UDP=$((P + 90))
-FT_BIND=$((P + 100)) FT_VHOST=$((P + 143))
-FQ_BIND=$((P + 110)) FQ_QUIC=$((P + 111)) FQ_VHOST=$((P + 153))
+FT_BIND=$((P + 120)) FT_VHOST=$((P + 163))
+FQ_BIND=$((P + 130)) FQ_QUIC=$((P + 131)) FQ_VHOST=$((P + 173))
 
 log() { printf 'run.sh: %s\n' "$*" >&2; }
 
@@ -111,7 +111,7 @@ TARGETS=()
 ours_off=0
 for sys in "${SYSTEMS[@]}"; do
 	off=0
-	case $sys in ours-*) off=$ours_off; ours_off=$((ours_off + 5)) ;; esac # each of our modes its own server
+	case $sys in ours-*) off=$ours_off; ours_off=$((ours_off + 5)) ;; esac # each of our modes its own server (up to 6 modes below the peers)
 	start_server "$sys" "$off"
 	"${CLI[@]}" -n 1 -watch-stdin=false > "$OUT/$sys-client.out" & CPID=$!; PIDS+=("$CPID")
 	for _ in $(seq 100); do grep -q '^up 1' "$OUT/$sys-client.out" 2>/dev/null && break; sleep 0.1; done

@@ -18,4 +18,12 @@
 // says why and what that costs). Server and Client see either transport
 // through one small session interface (session.go); a node tries QUIC
 // first and moves back to it from TCP when it works again.
+//
+// Visitors of the SNI gateway are TLS end to end already; for them a node
+// also keeps a few idle plain TCP "data connections" to the supernode,
+// bound to its tunnel by keys exported from the tunnel's TLS session, and
+// each such visitor rides one of them, spliced in the kernel at both ends
+// instead of being encrypted a second time and cut into tunnel frames
+// (dataconn.go says why and what it exposes). When none is idle, the
+// visitor rides the tunnel as usual.
 package tunnel
