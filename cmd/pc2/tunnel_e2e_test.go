@@ -139,11 +139,11 @@ func TestTunnelEndToEnd(t *testing.T) {
 		io.WriteString(w, "alice through the tunnel\n")
 	}))
 
-	ports := freePorts(t, 3)
+	ports := freePorts(t, 4)
 	superData := t.TempDir()
 	superCfg := writeFile(t, "supernode.yaml", fmt.Sprintf(`
 metrics:
-  listen: "off"
+  listen: 127.0.0.1:%d
 registry:
   listen: 127.0.0.1:%d
   domains: [ela.city]
@@ -151,7 +151,7 @@ sni:
   listen: 127.0.0.1:%d
 tunnel:
   listen: 127.0.0.1:%d
-`, ports[0], ports[1], ports[2]))
+`, ports[3], ports[0], ports[1], ports[2]))
 	super := startPC2Proc(t, "supernode", "--dev", "--data", superData, "--config", superCfg)
 	api, sni, tun := super.info.Extra["registry.api"], super.info.Extra["sni.listen"], super.info.Extra["tunnel.listen"]
 	if api == "" || sni == "" || tun == "" {
@@ -195,6 +195,15 @@ tunnel-client:
 	if !strings.Contains(verbose, "CN=alice.ela.city") {
 		t.Errorf("curl did not see alice's own certificate:\n%s", verbose)
 	}
+	// The node keeps data connections (dataConns: 4 by default): HTTPS
+	// visitors ride them, spliced, once they are pooled.
+	metricsURL := fmt.Sprintf("http://127.0.0.1:%d/metrics", ports[3])
+	waitFor(t, "a visitor on a data connection", 10*time.Second, func() bool {
+		if !served() {
+			return false
+		}
+		return metricValue(t, metricsURL, "pc2_tunnel_data_conns_used") >= 1
+	})
 
 	// kill -9 and restart on the same ports, data and identity, after the
 	// tunnel went quiet, so that nothing in flight reveals the death: the
@@ -294,4 +303,25 @@ tunnel-client:
 	if h.Source.Addr().String() != "127.0.0.1" || h.Authority != "alice.ela.city" || port(t, sni) != strconv.Itoa(int(h.Destination.Port())) {
 		t.Fatalf("PROXY header at the node: %+v", h)
 	}
+}
+
+// metricValue scrapes url and returns the value of the unlabelled metric
+// name, or -1 when it is absent.
+func metricValue(t *testing.T, url, name string) float64 {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	for _, line := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			if err == nil {
+				return f
+			}
+		}
+	}
+	return -1
 }
